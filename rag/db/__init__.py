@@ -1,0 +1,9 @@
+"""Database: typed SQLAlchemy 2.x models, engine/session helpers and repository functions.
+
+Alembic (migrations/) owns the schema; `models.py` mirrors it for the ORM.
+"""
+
+from rag.db.models import ApiKey, AnswerLog, Base, Chunk, Collection, Document
+from rag.db.session import Database
+
+__all__ = ["ApiKey", "AnswerLog", "Base", "Chunk", "Collection", "Database", "Document"]
