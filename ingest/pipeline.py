@@ -139,9 +139,10 @@ def _sidecar(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(side.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise LoadError(path, "sidecar", f"{side}: invalid JSON sidecar ({e}); fix or remove it") from e
+        raise LoadError(path, "corrupt", f"invalid JSON in sidecar {side.name} ({e})", "fix or remove the sidecar") from e
     if not isinstance(data, dict):
-        raise LoadError(path, "sidecar", f"{side}: a sidecar must hold a JSON object")
+        raise LoadError(path, "corrupt", f"sidecar {side.name} does not hold a JSON object",
+                        'write it as {"key": "value", ...}')
     return data
 
 
@@ -289,7 +290,7 @@ class Ingestor:
             st = f.path.stat()
             sha = _sha256(f.path)
         except OSError as e:
-            err = LoadError(f.path, "unreadable", f"{f.path}: cannot read ({e.strerror}); check permissions")
+            err = LoadError(f.path, "unreadable", f"cannot read it ({e.strerror})")
             return _Prepared(f, "", 0, datetime.now(timezone.utc), {}, error=err)
         prep = _Prepared(f, sha, st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc), {})
         try:
@@ -309,7 +310,8 @@ class Ingestor:
             prep.t_extract = time.perf_counter() - t
             return prep
         except Exception as e:  # noqa: BLE001 - a loader bug must not abort the whole run
-            prep.error = LoadError(f.path, "error", f"{f.path}: unexpected {type(e).__name__}: {e}")
+            prep.error = LoadError(f.path, "corrupt", f"unexpected {type(e).__name__} while loading: {e}",
+                                   "please report this file; the run continued without it")
             prep.t_extract = time.perf_counter() - t
             return prep
         prep.t_extract = time.perf_counter() - t
@@ -318,14 +320,15 @@ class Ingestor:
             prep.specs = chunk_document(prep.doc, self.tokenizer, self.chunk_size, self.chunk_overlap,
                                         max_tokens=self.embedder.max_tokens)
         except Exception as e:  # noqa: BLE001
-            prep.error = LoadError(f.path, "chunking", f"{f.path}: chunking failed: {type(e).__name__}: {e}")
+            prep.error = LoadError(f.path, "corrupt", f"chunking failed: {type(e).__name__}: {e}",
+                                   "please report this file; the run continued without it")
             prep.doc = None
         prep.t_chunk = time.perf_counter() - t
         if prep.doc is not None and not prep.specs:
             reason = "no extractable text"
             if prep.doc.empty_pages:
                 reason += f" ({len(prep.doc.empty_pages)} pages without a text layer; scanned? OCR it first)"
-            prep.error = LoadError(f.path, "empty", f"{f.path}: {reason}")
+            prep.error = LoadError(f.path, "empty", reason)
             prep.doc = None
         return prep
 
@@ -364,6 +367,7 @@ class Ingestor:
         results: list[FileResult] = []
         add_ids: list[int] = []
         add_vecs: list[bytes] = []
+        add_texts: list[str] = []
         remove_ids: list[int] = []
         with self.db.session() as s:
             for prep, old in group:
@@ -417,6 +421,7 @@ class Ingestor:
                 for row in new_rows:
                     add_ids.append(row.id)
                     add_vecs.append(row.embedding)
+                    add_texts.append(row.text)
                 results.append(FileResult(prep.found.source, str(prep.found.path), status, None, doc.id,
                                           pages=d.page_count or 0, chunks=len(prep.specs),
                                           empty_pages=len(d.empty_pages),
@@ -430,7 +435,7 @@ class Ingestor:
         vec_arr = (np.frombuffer(b"".join(add_vecs), dtype=np.float32).reshape(len(add_vecs), -1)
                    if add_vecs else None)
         self.store.apply(coll, gen, add_ids=np.asarray(add_ids, dtype=np.int64), add_vecs=vec_arr,
-                         remove_ids=remove_ids, save=False)
+                         add_texts=add_texts, remove_ids=remove_ids, save=False)
         report.timings["index"] += time.perf_counter() - t
         report.results.extend(results)
         return results

@@ -91,8 +91,10 @@ class IndexStore:
             return idx
 
     def apply(self, coll: Collection, generation: int, *, add_ids: np.ndarray | None = None,
-              add_vecs: np.ndarray | None = None, remove_ids: list[int] | None = None, save: bool = True) -> None:
-        """Apply a committed change to the cached index (loading it first if needed)."""
+              add_vecs: np.ndarray | None = None, add_texts: list[str] | None = None,
+              remove_ids: list[int] | None = None, save: bool = True) -> None:
+        """Apply a committed change to the cached index (loading it first if needed). `add_texts` are the
+        chunk texts of `add_ids`, for the lexical index."""
         with self._lock:
             idx = self._cache.get(coll.id)
             if idx is None or idx.generation != generation - 1 and idx.generation != generation:
