@@ -355,6 +355,120 @@ def reindex(collection: CollectionOpt = None) -> None:
         out.print(f"{c.name}: rebuilt {idx.index_type} index with {idx.ntotal} vectors")
 
 
+def _citation_line(i: int, c: Any) -> str:
+    if not c.pages:
+        pages = ""
+    elif len(c.pages) == 1:
+        pages = f", p. {c.pages[0]}"
+    else:
+        pages = f", pp. {c.pages[0]}-{c.pages[-1]}"
+    where = c.source or ", ".join(f"{k}: {v}" for k, v in c.raw.items()) or "?"
+    label = {"verified": "", "inferred": " [inferred]", "unverified": " [UNVERIFIED: matches no provided block]"}
+    title = f" — {c.title}" if c.title and c.title != c.source else ""
+    return f"[{i}] {where}{pages}{title}{label.get(c.status, '')}" + (
+        f" (support {c.support:.2f})" if c.status != "unverified" else "")
+
+
+def answer_json(a: Any) -> dict[str, Any]:
+    return {
+        "question": a.question, "answer": a.answer, "abstained": a.abstained, "model": a.model,
+        "citations": [{"status": c.status, "block": c.block_ref, "chunk_ids": c.chunk_ids,
+                       "document_id": c.document_id, "source": c.source, "title": c.title, "pages": c.pages,
+                       "char_start": c.char_start, "char_end": c.char_end, "match": c.match,
+                       "support": round(c.support, 4), "raw": c.raw} for c in a.citations],
+        "retrieved": [_hit_json(h) for h in a.hits],
+        "blocks_used": a.blocks_used, "blocks_dropped": a.blocks_dropped,
+        "usage": {"prompt_tokens": a.usage.prompt_tokens, "completion_tokens": a.usage.completion_tokens},
+        "timings": {k: round(v, 6) for k, v in a.timings.items()}, "raw_output": a.raw_output,
+    }
+
+
+@app.command()
+def ask(
+    question: Annotated[list[str], typer.Argument(help="One or more questions (answered together).")],
+    collection: CollectionOpt = None,
+    k: Annotated[Optional[int], typer.Option("-k", help="Chunks to retrieve.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Prompt profile (see `ctxqa models`).")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens")] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature")] = None,
+    mode: Annotated[Optional[str], typer.Option("--mode", help="dense | lexical | hybrid")] = None,
+    stream: Annotated[bool, typer.Option("--stream", help="Print tokens as they are generated.")] = False,
+    show_prompt: Annotated[bool, typer.Option("--show-prompt", help="Print the prompt sent to the model.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Answer a question from the documents, with sources."""
+    from rag.answer import AskOptions
+    from rag.generate.base import GeneratorError
+
+    ctx = _ctx()
+    opts = AskOptions(collection=collection, k=k, mode=mode, max_new_tokens=max_new_tokens,
+                      temperature=temperature, profile=model)
+    try:
+        if stream and not json_out:
+            ans = None
+            for ev in ctx.answerer.stream(question, opts):
+                if ev.kind == "delta" and ev.text:
+                    sys.stdout.write(ev.text)
+                    sys.stdout.flush()
+                elif ev.kind == "final":
+                    ans = ev.answer
+            sys.stdout.write("\n")
+            assert ans is not None
+        else:
+            ans = ctx.answerer.answer(question, opts)
+    except (repo.NotFound, repo.EmbeddingMismatch, GeneratorError, ValueError) as e:
+        _fail(str(e), 2)
+    if json_out:
+        _print_json(answer_json(ans))
+        return
+    if show_prompt:
+        err.print(ans.prompt, highlight=False, markup=False)
+    if not stream:
+        out.print(ans.answer, highlight=False, markup=False)
+    if ans.citations:
+        out.print("\n[bold]Sources[/]")
+        for i, c in enumerate(ans.citations, 1):
+            out.print(_citation_line(i, c), highlight=False, markup=False)
+    elif ans.abstained:
+        out.print("\n(no sources: not found in the documents)")
+    t = ans.timings
+    err.print(f"[dim]{ans.usage.prompt_tokens} prompt + {ans.usage.completion_tokens} completion tokens · "
+              + " · ".join(f"{k} {v * 1000:.0f} ms" for k, v in t.items()) + "[/]")
+
+
+@app.command()
+def models(json_out: JsonOpt = False) -> None:
+    """List prompt profiles and generation backends, and whether each can load here."""
+    from rag.generate import backend_status
+    from rag.profiles import PROFILES, profile_for_model
+
+    ctx = _ctx()
+    status = backend_status(ctx.settings)
+    chosen = ctx.settings.llm_profile or profile_for_model(ctx.settings.llm_model)
+    profiles = {name: p for name, p in PROFILES.items() if p.name == name}
+    if json_out:
+        _print_json({"configured": {"backend": ctx.settings.llm_backend, "model": ctx.settings.llm_model,
+                                    "profile": chosen},
+                     "backends": status,
+                     "profiles": [{"name": n, "context_length": p.context_length, "rope_scale": p.rope_scale,
+                                   "stop": list(p.stop), "description": p.description}
+                                  for n, p in profiles.items()]})
+        return
+    out.print(f"configured: backend [bold]{ctx.settings.llm_backend}[/], model {ctx.settings.llm_model}, "
+              f"profile [bold]{chosen}[/]")
+    t = Table("backend", "can load here", "details")
+    for b in status:
+        ok = b.get("ready", False)
+        t.add_row(str(b["backend"]) + (" *" if b.get("selected") else ""), "[green]yes[/]" if ok else "[red]no[/]",
+                  str(b.get("reason") or b.get("model_path") or ""))
+    out.print(t)
+    t = Table("profile", "context", "rope", "stop strings", "description")
+    for n, p in profiles.items():
+        t.add_row(n + (" *" if n == chosen else ""), str(p.context_length), str(p.rope_scale),
+                  ", ".join(repr(x) for x in p.stop), p.description)
+    out.print(t)
+
+
 def main() -> None:
     try:
         app()

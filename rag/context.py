@@ -16,6 +16,7 @@ from rag.store import IndexStore
 
 if TYPE_CHECKING:
     from ingest.pipeline import Ingestor
+    from rag.answer import Answerer
     from rag.embed import Embedder
     from rag.generate.base import Generator
     from rag.retrieve import Retriever
@@ -55,10 +56,15 @@ class Context:
 
     @cached_property
     def generator(self) -> "Generator":
-        from rag.generate import load_generator
-
         with self._lock:
             return self.generator_factory()
+
+    @cached_property
+    def answerer(self) -> "Answerer":
+        from rag.answer import Answerer
+
+        # The generator is fetched lazily: an abstention never loads the model.
+        return Answerer(self.settings, self.retriever, lambda: self.generator)
 
     def generator_factory(self) -> "Generator":
         from rag.generate import load_generator

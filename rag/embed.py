@@ -70,7 +70,9 @@ class Embedder:
 
             torch.set_num_threads(threads)
         self.model = SentenceTransformer(str(self.path), **kwargs)
-        self.dim: int = int(self.model.get_sentence_embedding_dimension() or 0)
+        dim_fn = getattr(self.model, "get_embedding_dimension", None) or \
+            self.model.get_sentence_embedding_dimension
+        self.dim: int = int(dim_fn() or 0)
         self.max_tokens: int = int(self.model.max_seq_length)
         self.tokenizer = self.model.tokenizer
         self._lock = threading.Lock()

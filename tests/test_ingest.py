@@ -1,0 +1,186 @@
+"""Ingestion pipeline end to end on real databases, the real embedder and real faiss indexes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from ingest.loaders import load
+from rag.db import repo
+from rag.db.models import Chunk, Collection, Document
+from rag.embed import Embedder
+
+DOCS = {
+    "guide/install.md": "---\ntitle: Installing Widgets\ndate: 2024-03-01\nurl: https://example.org/install\n"
+                        "author: Ada\n---\n# Install\n\nRun the widget installer. It needs 3 GB of disk.\n\n"
+                        "## Upgrading\n\nUpgrades keep your configuration files.\n",
+    "guide/usage.md": "# Usage\n\nStart widgets with `widget start`. The default port is 7421.\n",
+    "notes.txt": "Quarterly notes: the blue team shipped the frobnicator on time.\n",
+    "page.html": "<html><head><title>Widget FAQ</title><script>var x=1;</script></head><body><nav>Home | About"
+                 "</nav><main><h1>FAQ</h1><p>Widgets are recyclable in most countries.</p></main></body></html>",
+}
+
+
+def write_tree(root: Path, files: dict[str, str | bytes]) -> Path:
+    for rel, content in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            p.write_bytes(content)
+        else:
+            p.write_text(content, encoding="utf-8")
+    return root
+
+
+def index_ids(ctx, name: str = "default") -> set[int]:  # type: ignore[no-untyped-def]
+    with ctx.db.session() as s:
+        coll = repo.require_collection(s, name)
+    return set(ctx.store.get(coll).ids().tolist())
+
+
+def db_chunk_ids(ctx, name: str = "default") -> set[int]:  # type: ignore[no-untyped-def]
+    with ctx.db.session() as s:
+        coll = repo.require_collection(s, name)
+        return set(s.scalars(select(Chunk.id).where(Chunk.collection_id == coll.id)))
+
+
+def test_incremental_reingest_update_and_prune(tmp_path: Path, make_ctx, db_url: str) -> None:
+    root = write_tree(tmp_path / "docs", DOCS)
+    ctx = make_ctx(database_url=db_url)
+    r1 = ctx.ingestor.ingest([root])
+    assert r1.summary() == {"added": 4, "updated": 0, "unchanged": 0, "removed": 0, "skipped": 0, "failed": 0}
+    assert index_ids(ctx) == db_chunk_ids(ctx) and len(db_chunk_ids(ctx)) >= 4
+
+    # Metadata that the prompt will cite: source relative to the root, front matter, mtime date fallback.
+    with ctx.db.session() as s:
+        docs = {d.source: d for d in s.scalars(select(Document))}
+    assert set(docs) == set(DOCS)
+    md = docs["guide/install.md"]
+    assert md.title == "Installing Widgets"
+    assert md.meta["url"] == "https://example.org/install" and md.meta["author"] == "Ada"
+    assert str(md.meta["date"]).startswith("2024-03-01")
+    assert docs["page.html"].title == "Widget FAQ"
+    assert len(docs["notes.txt"].meta["date"]) == 10  # file mtime as ISO date
+
+    # Second run: nothing changes, ids stay.
+    before = db_chunk_ids(ctx)
+    r2 = ctx.ingestor.ingest([root])
+    assert r2.summary()["unchanged"] == 4 and r2.changed == 0
+    assert db_chunk_ids(ctx) == before
+
+    # Change one file: only it is replaced; the old text is no longer findable, the new one is.
+    with ctx.db.session() as s:
+        usage_old = set(s.scalars(select(Chunk.id).join(Document).where(Document.source == "guide/usage.md")))
+        install_ids = set(s.scalars(select(Chunk.id).join(Document).where(Document.source == "guide/install.md")))
+    (root / "guide/usage.md").write_text("# Usage\n\nStart widgets with `widget run`. The port is 9999.\n")
+    r3 = ctx.ingestor.ingest([root])
+    assert r3.summary()["updated"] == 1 and r3.summary()["unchanged"] == 3
+    ids_now = db_chunk_ids(ctx)
+    assert install_ids <= ids_now  # untouched documents keep their chunk ids
+    assert not (usage_old & ids_now)
+    assert index_ids(ctx) == ids_now
+    hits = ctx.retriever.search("which port do widgets use?", k=3).hits
+    assert any("9999" in h.text for h in hits) and not any("7421" in h.text for h in hits)
+
+    # Remove a file: kept without --prune, removed with it; the index follows.
+    (root / "notes.txt").unlink()
+    r4 = ctx.ingestor.ingest([root])
+    assert r4.changed == 0
+    r5 = ctx.ingestor.ingest([root], prune=True)
+    assert r5.summary()["removed"] == 1
+    with ctx.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Document)) == 3
+    assert index_ids(ctx) == db_chunk_ids(ctx)
+    assert all("frobnicator" not in h.text for h in ctx.retriever.search("frobnicator", k=5).hits)
+
+
+def test_metadata_change_alone_updates(tmp_path: Path, make_ctx) -> None:
+    root = write_tree(tmp_path / "docs", {"a.md": "# A\n\nAlpha text about apples.\n"})
+    ctx = make_ctx()
+    ctx.ingestor.ingest([root])
+    (root / "a.md.meta.json").write_text(json.dumps({"url": "https://example.org/a", "team": "fruit"}))
+    r = ctx.ingestor.ingest([root], meta={"batch": "7"})
+    assert r.summary()["updated"] == 1
+    with ctx.db.session() as s:
+        d = s.scalar(select(Document))
+        assert d.meta["url"] == "https://example.org/a" and d.meta["team"] == "fruit" and d.meta["batch"] == "7"
+    assert ctx.ingestor.ingest([root], meta={"batch": "7"}).changed == 0
+    # Text unchanged: the update reused stored vectors instead of re-embedding.
+    assert r.chunks_embedded == 0 and r.chunks_reused >= 1
+
+
+def test_delete_documents_removes_from_index(tmp_path: Path, make_ctx) -> None:
+    root = write_tree(tmp_path / "docs", DOCS)
+    ctx = make_ctx()
+    ctx.ingestor.ingest([root])
+    with ctx.db.session() as s:
+        doc = s.scalar(select(Document).where(Document.source == "notes.txt"))
+        gone = set(s.scalars(select(Chunk.id).where(Chunk.document_id == doc.id)))
+    assert ctx.ingestor.delete_documents("default", [doc.id]) == 1
+    assert not (gone & index_ids(ctx))
+    # A fresh process (new store) sees the same thing from the saved index.
+    ctx2 = make_ctx()
+    assert not (gone & index_ids(ctx2))
+    assert index_ids(ctx2) == db_chunk_ids(ctx2)
+
+
+def test_mismatched_embedding_model_is_refused(tmp_path: Path, make_ctx, embedder: Embedder) -> None:
+    root = write_tree(tmp_path / "docs", {"a.md": "# A\n\nAlpha.\n"})
+    ctx = make_ctx()
+    ctx.ingestor.ingest([root])
+    # A real second model: the bundled files copied under another name (a different model as far as ctxqa knows).
+    other_dir = tmp_path / "other-minilm"
+    shutil.copytree(embedder.path, other_dir)
+    other = Embedder(str(other_dir))
+    assert other.name != embedder.name
+    ctx_other = make_ctx()
+    ctx_other.__dict__["embedder"] = other
+    with pytest.raises(repo.EmbeddingMismatch, match="was built with embedding model"):
+        ctx_other.ingestor.ingest([root])
+    with pytest.raises(repo.EmbeddingMismatch):
+        ctx_other.retriever.search("alpha")
+    # Nothing was written by the refused run.
+    with ctx.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Collection)) == 1
+        assert s.scalar(select(func.count()).select_from(Document)) == 1
+
+
+def test_chunks_match_extracted_text_and_limits(shared_data: Path, make_ctx, embedder: Embedder, tmp_path: Path
+                                                ) -> None:
+    """Stored chunks are exact slices of the extracted text and never exceed the embedder's window."""
+    src = shared_data / "corpora" / "fastapi-docs" / "tutorial"
+    ctx = make_ctx()
+    files = sorted(src.glob("*.md"))[:12]
+    root = tmp_path / "subset"
+    root.mkdir()
+    for f in files:
+        shutil.copy(f, root / f.name)
+    rep = ctx.ingestor.ingest([root])
+    assert rep.count("added") == len(files)
+    with ctx.db.session() as s:
+        for d in s.scalars(select(Document)):
+            text = load(Path(d.path)).text
+            for c in d.chunks:
+                assert text[c.char_start:c.char_end] == c.text
+                assert embedder.count_tokens(c.text) <= embedder.max_tokens
+                vec = np.frombuffer(c.embedding, dtype=np.float32)
+                assert vec.shape == (embedder.dim,) and abs(float(np.linalg.norm(vec)) - 1) < 1e-3
+
+
+def test_pdf_pages_and_10q(shared_data: Path, make_ctx) -> None:
+    ctx = make_ctx()
+    rep = ctx.ingestor.ingest([shared_data / "corpora" / "sec-10q"])
+    assert rep.count("added") == 2 and not rep.failed
+    with ctx.db.session() as s:
+        for d in s.scalars(select(Document)):
+            assert d.media_type == "application/pdf" and d.page_count and d.page_count > 10
+            pages = [(c.page_start, c.page_end) for c in d.chunks]
+            assert all(1 <= a <= b <= d.page_count for a, b in pages)
+            assert pages[-1][1] >= d.page_count - 2  # chunks reach the last pages
+    hit = ctx.retriever.search("Intel revenue for the quarter", k=3).hits[0]
+    assert hit.page_start is not None and hit.source.endswith(".pdf")
