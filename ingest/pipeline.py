@@ -405,7 +405,8 @@ class Ingestor:
                     fields = dict(char_start=sp.char_start, char_end=sp.char_end, page_start=sp.page_start,
                                   page_end=sp.page_end, heading_path=list(sp.heading_path),
                                   token_count=sp.token_count, meta={})
-                    if sp.ordinal in keep:
+                    if sp.ordinal in keep:  # same ordinal and text: keep the row, its id and its vector
+                        report.chunks_reused += 1
                         row = s.merge(keep[sp.ordinal])
                         for k, v in fields.items():
                             setattr(row, k, v)
@@ -422,7 +423,7 @@ class Ingestor:
                     add_ids.append(row.id)
                     add_vecs.append(row.embedding)
                     add_texts.append(row.text)
-                results.append(FileResult(prep.found.source, str(prep.found.path), status, None, doc.id,
+                results.append(FileResult(prep.found.source, str(prep.found.path), status, document_id=doc.id,
                                           pages=d.page_count or 0, chunks=len(prep.specs),
                                           empty_pages=len(d.empty_pages),
                                           reason=(f"{len(d.empty_pages)} page(s) without text"
