@@ -1,0 +1,1 @@
+"""Ingestion: discover files, load them into text, chunk, embed and store."""
