@@ -60,6 +60,18 @@ class Settings(BaseSettings):
         None, description="Best-hit relevance below which `ask` answers 'not found'. None: calibrated default."
     )
     cross_encoder_model: str | None = None
+    # Candidates each retriever contributes before fusion, filtering-aware (filters apply before this cut).
+    retrieval_candidates: int = Field(100, ge=1, le=2000)
+    rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant: score = sum w / (rrf_k + rank).")
+    dense_weight: float = Field(1.0, ge=0.0, description="Weight of the dense retriever in fusion.")
+    lexical_weight: float = Field(1.0, ge=0.0, description="Weight of the lexical retriever in fusion.")
+    bm25_k1: float = Field(1.2, gt=0.0)
+    bm25_b: float = Field(0.75, ge=0.0, le=1.0)
+    mmr: bool = Field(False, description="Diversify hits with maximal marginal relevance.")
+    mmr_lambda: float = Field(0.7, ge=0.0, le=1.0, description="MMR trade-off: 1 = relevance only.")
+    max_chunks_per_document: int | None = Field(None, ge=1, description="At most this many hits per document.")
+    neighbour_window: int = Field(0, ge=0, le=5, description="Adjacent chunks added around each hit for the prompt.")
+    rerank_depth: int = Field(30, ge=1, le=500, description="Fused candidates the cross-encoder re-scores.")
 
     # --- generation ----------------------------------------------------------------------------------------
     llm_backend: Literal["llama_cpp", "exllamav2"] = "llama_cpp"

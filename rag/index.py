@@ -113,8 +113,6 @@ class VectorIndex:
             return base
         quantizer = faiss.IndexFlatIP(self.dim)
         base = faiss.IndexIVFFlat(quantizer, self.dim, _ivf_nlist(n), faiss.METRIC_INNER_PRODUCT)
-        base.own_fields = True
-        base._quantizer_ref = quantizer  # keep the Python object alive with the index
         assert train is not None
         base.train(train)
         base.nprobe = self.params.ivf_nprobe

@@ -5,6 +5,11 @@ Protocol of a write (ingest, delete): 1. one database transaction changes the ch
 stamped with that generation. A reader compares the stamp with the database's generation and rebuilds from the
 stored vectors when they differ, so a crash between 1 and 2, or a write by another process, can never leave a
 searchable chunk missing or a deleted one findable.
+
+Each collection has two derived indexes that follow the same protocol with the same generation stamp: the
+faiss vector index (`collection-<id>.faiss`, rebuilt from the stored embeddings) and the BM25 lexical index
+(`collection-<id>.bm25`, rebuilt from the stored chunk texts). `apply` updates both, `rebuild` rebuilds both,
+`check` / `check_lexical` compare each with the database for `ctxqa doctor`.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from rag.config import Settings
 from rag.db import repo
 from rag.db.models import Collection
 from rag.db.session import Database
-from rag.index import IndexParams, VectorIndex, choose_index_type
+from rag.db.models import Chunk
+from rag.index import IndexParams, VectorIndex, choose_index_type, meta_path_for
+from rag.lexical import LexicalIndex, Tokenizer
 
 
 @dataclass
@@ -49,10 +56,19 @@ class IndexStore:
         self.params = IndexParams(hnsw_m=settings.hnsw_m, hnsw_ef_search=settings.hnsw_ef_search,
                                   ivf_nprobe=settings.ivf_nprobe)
         self._cache: dict[int, VectorIndex] = {}
+        self._lex_cache: dict[int, LexicalIndex] = {}
+        self._tokenizer = Tokenizer()
         self._lock = threading.RLock()
 
     def path(self, collection_id: int) -> Path:
         return self.settings.index_dir / f"collection-{collection_id}.faiss"
+
+    def lexical_path(self, collection_id: int) -> Path:
+        return self.settings.index_dir / f"collection-{collection_id}.bm25"
+
+    def _load_lexical(self, collection_id: int) -> LexicalIndex | None:
+        return LexicalIndex.load(self.lexical_path(collection_id), self.settings.bm25_k1, self.settings.bm25_b,
+                                 self._tokenizer)
 
     def _generation(self, collection_id: int) -> int | None:
         with self.db.session() as s:
@@ -64,6 +80,7 @@ class IndexStore:
             gen = self._generation(coll.id)
             if gen is None:
                 raise repo.NotFound(f"collection {coll.name!r} no longer exists")
+            self._ensure_lexical(coll, gen, on_rebuild)
             cached = self._cache.get(coll.id)
             if cached is not None and cached.generation == gen:
                 return cached
@@ -73,10 +90,55 @@ class IndexStore:
                 return loaded
             if on_rebuild:
                 on_rebuild(coll.name)
-            return self.rebuild(coll)
+            return self._rebuild_vectors(coll)
+
+    def get_lexical(self, coll: Collection, *, on_rebuild=None) -> LexicalIndex:  # type: ignore[no-untyped-def]
+        """The collection's BM25 index, current with the database (loaded, or rebuilt when stale)."""
+        with self._lock:
+            gen = self._generation(coll.id)
+            if gen is None:
+                raise repo.NotFound(f"collection {coll.name!r} no longer exists")
+            return self._ensure_lexical(coll, gen, on_rebuild)
+
+    def get_both(self, coll: Collection) -> tuple[VectorIndex, LexicalIndex]:
+        """Both indexes at one generation (what retrieval uses)."""
+        with self._lock:
+            vec = self.get(coll)
+            lex = self._lex_cache[coll.id]
+            return vec, lex
+
+    def _ensure_lexical(self, coll: Collection, gen: int, on_rebuild=None) -> LexicalIndex:  # type: ignore[no-untyped-def]
+        cached = self._lex_cache.get(coll.id)
+        if cached is not None and cached.generation == gen:
+            return cached
+        loaded = self._load_lexical(coll.id)
+        if loaded is not None and loaded.generation == gen:
+            self._lex_cache[coll.id] = loaded
+            return loaded
+        if on_rebuild:
+            on_rebuild(coll.name)
+        return self.rebuild_lexical(coll)
 
     def rebuild(self, coll: Collection) -> VectorIndex:
-        """Rebuild from the vectors stored in the database and save it (`ctxqa reindex`)."""
+        """Rebuild both indexes from the database (stored vectors and chunk texts) and save them
+        (`ctxqa reindex`, `ctxqa doctor --repair`); returns the vector index."""
+        with self._lock:
+            idx = self._rebuild_vectors(coll)
+            self.rebuild_lexical(coll)
+            return idx
+
+    def rebuild_lexical(self, coll: Collection) -> LexicalIndex:
+        """Rebuild the BM25 index from the chunk texts stored in the database and save it."""
+        with self._lock:
+            with self.db.session() as s:
+                gen = s.scalar(select(Collection.generation).where(Collection.id == coll.id)) or 0
+                ids, texts = _collection_texts(s, coll.id)
+            lex = LexicalIndex.build(ids, texts, self.settings.bm25_k1, self.settings.bm25_b, self._tokenizer)
+            lex.save(self.lexical_path(coll.id), gen)
+            self._lex_cache[coll.id] = lex
+            return lex
+
+    def _rebuild_vectors(self, coll: Collection) -> VectorIndex:
         with self._lock:
             with self.db.session() as s:
                 gen = s.scalar(select(Collection.generation).where(Collection.id == coll.id)) or 0
@@ -94,12 +156,13 @@ class IndexStore:
               add_vecs: np.ndarray | None = None, add_texts: list[str] | None = None,
               remove_ids: list[int] | None = None, save: bool = True) -> None:
         """Apply a committed change to the cached index (loading it first if needed). `add_texts` are the
-        chunk texts of `add_ids`, for the lexical index."""
+        chunk texts of `add_ids`, for the lexical index (read from the database when not given)."""
         with self._lock:
+            self._apply_lexical(coll, generation, add_ids, add_texts, remove_ids, save)
             idx = self._cache.get(coll.id)
             if idx is None or idx.generation != generation - 1 and idx.generation != generation:
                 # Not in step (first use in this process, or another writer): rebuilding includes the change.
-                self.rebuild(coll)
+                self._rebuild_vectors(coll)
                 return
             if remove_ids:
                 idx.remove(remove_ids)
@@ -109,16 +172,45 @@ class IndexStore:
             if save:
                 idx.save(self.path(coll.id), generation)
 
+    def _apply_lexical(self, coll: Collection, generation: int, add_ids: np.ndarray | None,
+                       add_texts: list[str] | None, remove_ids: list[int] | None, save: bool) -> None:
+        lex = self._lex_cache.get(coll.id)
+        if lex is None or lex.generation not in (generation - 1, generation):
+            loaded = self._load_lexical(coll.id)
+            if loaded is not None and loaded.generation in (generation - 1, generation):
+                lex = self._lex_cache[coll.id] = loaded
+            else:
+                self.rebuild_lexical(coll)  # reads the committed state, change included
+                return
+        if remove_ids:
+            lex.remove(remove_ids)
+        if add_ids is not None and len(add_ids):
+            ids = [int(i) for i in add_ids]
+            if add_texts is None or len(add_texts) != len(ids):
+                with self.db.session() as s:
+                    by_id = dict(s.execute(select(Chunk.id, Chunk.text).where(Chunk.id.in_(ids))).all())
+                ids = [i for i in ids if i in by_id]
+                add_texts = [by_id[i] for i in ids]
+            lex.add(ids, add_texts)
+        lex.generation = generation
+        if save:
+            lex.save(self.lexical_path(coll.id), generation)
+
     def save(self, coll: Collection) -> None:
         with self._lock:
             idx = self._cache.get(coll.id)
             if idx is not None:
                 idx.save(self.path(coll.id), idx.generation)
+            lex = self._lex_cache.get(coll.id)
+            if lex is not None:
+                lex.save(self.lexical_path(coll.id), lex.generation)
 
     def drop(self, collection_id: int) -> None:
         with self._lock:
             self._cache.pop(collection_id, None)
-            for p in (self.path(collection_id), self.path(collection_id).with_suffix(".json")):
+            self._lex_cache.pop(collection_id, None)
+            for p in (self.path(collection_id), meta_path_for(self.path(collection_id)),
+                      self.lexical_path(collection_id), self.lexical_path(collection_id).with_suffix(".json")):
                 p.unlink(missing_ok=True)
 
     def check(self, coll: Collection) -> IndexCheck:
@@ -138,3 +230,38 @@ class IndexStore:
             missing_in_index=np.setdiff1d(db_ids, idx_ids).tolist()[:50],
             stale_in_index=np.setdiff1d(idx_ids, db_ids).tolist()[:50],
         )
+
+    def check_lexical(self, coll: Collection) -> IndexCheck:
+        """Compare the saved BM25 index file with the database, without repairing (`ctxqa doctor`)."""
+        with self.db.session() as s:
+            gen = s.scalar(select(Collection.generation).where(Collection.id == coll.id)) or 0
+            db_ids = repo.collection_chunk_ids(s, coll.id)
+        path = self.lexical_path(coll.id)
+        loaded = self._load_lexical(coll.id)
+        if loaded is None:
+            if not len(db_ids) and not path.exists():
+                return IndexCheck(coll.name, 0, 0, gen, gen)
+            return IndexCheck(coll.name, len(db_ids), 0, gen, None, missing_in_index=db_ids.tolist()[:50],
+                              file_ok=False)
+        idx_ids = loaded.ids()
+        return IndexCheck(
+            coll.name, len(db_ids), len(idx_ids), gen, loaded.generation,
+            missing_in_index=np.setdiff1d(db_ids, idx_ids).tolist()[:50],
+            stale_in_index=np.setdiff1d(idx_ids, db_ids).tolist()[:50],
+        )
+
+
+def _collection_texts(s, collection_id: int, batch: int = 20_000) -> tuple[list[int], list[str]]:  # type: ignore[no-untyped-def]
+    """All (chunk ids, texts) of a collection, in id order, read in batches."""
+    ids: list[int] = []
+    texts: list[str] = []
+    last = -1
+    while True:
+        rows = s.execute(select(Chunk.id, Chunk.text).where(Chunk.collection_id == collection_id, Chunk.id > last)
+                         .order_by(Chunk.id).limit(batch)).all()
+        if not rows:
+            break
+        ids.extend(int(r[0]) for r in rows)
+        texts.extend(r[1] for r in rows)
+        last = rows[-1][0]
+    return ids, texts
