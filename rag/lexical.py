@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rag.index import _fsync_write
+from rag.index import _fsync_write, meta_path_for
 
 DEAD_COMPACT_FRACTION = 0.2
 FORMAT_VERSION = 1
@@ -332,7 +332,7 @@ class LexicalIndex:
                      row_len=self._row_len.view, vocab=np.array("\n".join(self.vocab)))
             _fsync_write(path, buf.getvalue())
             meta = {**self.meta(), "generation": generation, "ntotal": self.ntotal}
-            _fsync_write(path.with_suffix(".json"), json.dumps(meta).encode())
+            _fsync_write(meta_path_for(path), json.dumps(meta).encode())
             self.generation = generation
 
     @classmethod
@@ -340,7 +340,7 @@ class LexicalIndex:
              ) -> "LexicalIndex | None":
         """The saved index, or None when missing, inconsistent, or saved with other BM25 parameters or another
         tokenizer (then the caller rebuilds from the database)."""
-        meta_path = path.with_suffix(".json")
+        meta_path = meta_path_for(path)
         if not path.exists() or not meta_path.exists():
             return None
         idx = cls(k1, b, tokenizer)

@@ -210,7 +210,7 @@ class IndexStore:
             self._cache.pop(collection_id, None)
             self._lex_cache.pop(collection_id, None)
             for p in (self.path(collection_id), meta_path_for(self.path(collection_id)),
-                      self.lexical_path(collection_id), self.lexical_path(collection_id).with_suffix(".json")):
+                      self.lexical_path(collection_id), meta_path_for(self.lexical_path(collection_id))):
                 p.unlink(missing_ok=True)
 
     def check(self, coll: Collection) -> IndexCheck:
