@@ -38,6 +38,8 @@ import numpy as np
 INDEX_TYPES = ("flat", "hnsw", "ivf")
 TOMBSTONE_REBUILD_FRACTION = 0.2
 SUBSET_EXACT_MAX = 20_000
+IVF_TRAIN_PER_LIST = 64
+SINGLE_THREAD_MAX_QUERIES = 4
 
 
 @dataclass
@@ -112,9 +114,13 @@ class VectorIndex:
             base.hnsw.efSearch = self.params.hnsw_ef_search
             return base
         quantizer = faiss.IndexFlatIP(self.dim)
-        base = faiss.IndexIVFFlat(quantizer, self.dim, _ivf_nlist(n), faiss.METRIC_INNER_PRODUCT)
+        nlist = _ivf_nlist(n)
+        base = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         assert train is not None
-        base.train(train)
+        if len(train) > IVF_TRAIN_PER_LIST * nlist:  # k-means needs a sample, not the whole collection
+            rng = np.random.default_rng(0)
+            train = train[np.sort(rng.choice(len(train), IVF_TRAIN_PER_LIST * nlist, replace=False))]
+        base.train(np.ascontiguousarray(train, dtype=np.float32))
         base.nprobe = self.params.ivf_nprobe
         base.set_direct_map_type(faiss.DirectMap.Hashtable)
         return base
@@ -273,8 +279,18 @@ class VectorIndex:
             elif self.tombstones:
                 sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.fromiter(self.tombstones, dtype=np.int64)))
             params = self._search_params(sel)
-            scores, ids = self._index.search(queries, k, params=params) if params else self._index.search(
-                queries, k)
+            # One query is a few hundred microseconds of work: OpenMP fan-out costs more than it saves and
+            # collapses when the cores are shared (measured: 0.7 ms with 1 thread vs 107 ms with 2 on a loaded
+            # 2-core box). omp_set_num_threads is per calling thread, so a concurrent index build is unaffected.
+            prev = faiss.omp_get_max_threads()
+            if nq <= SINGLE_THREAD_MAX_QUERIES:
+                faiss.omp_set_num_threads(1)
+            try:
+                scores, ids = self._index.search(queries, k, params=params) if params else self._index.search(
+                    queries, k)
+            finally:
+                if nq <= SINGLE_THREAD_MAX_QUERIES:
+                    faiss.omp_set_num_threads(prev)
             scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
             return scores, ids
         return empty  # pragma: no cover
