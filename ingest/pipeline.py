@@ -159,7 +159,8 @@ class Ingestor:
         self.db = db
         self.store = store
         self.embedder = embedder
-        self.tokenizer = tokenizer if tokenizer is not None else embedder.tokenizer
+        # Chunking runs in a worker thread while the embedder tokenizes: it needs its own tokenizer instance.
+        self.tokenizer = tokenizer if tokenizer is not None else embedder.new_tokenizer()
         # Leave room for [CLS]/[SEP]: a chunk must never be truncated by the embedder.
         self.chunk_size = min(settings.chunk_size, embedder.max_tokens - 2)
         self.chunk_overlap = min(settings.chunk_overlap, self.chunk_size // 2)

@@ -98,7 +98,7 @@ def test_kill_9_mid_ingest_then_doctor(shared_data: Path, tmp_path: Path) -> Non
         if db.exists():
             try:
                 with sqlite3.connect(db, timeout=1) as c:
-                    n = c.execute("select count(*) from documents").fetchone()[0]
+                    n = c.execute("select count(*) from documents where status='ingested'").fetchone()[0]
             except sqlite3.Error:
                 continue
             if n >= 15:
