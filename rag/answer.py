@@ -21,6 +21,8 @@ from rag.retrieve import Retriever
 from rag.types import Answer, Blocks, Hit, Usage
 
 NOT_FOUND = "I could not find this in the documents."
+# Room kept for the template, instruction and BEGINCONTEXT lines when budgeting neighbour chunks.
+PROMPT_OVERHEAD_TOKENS = 256
 
 
 @dataclass
@@ -115,6 +117,11 @@ class Answerer:
         )
         context = min(self.settings.llm_context_length or gen.context_length, gen.context_length)
         use = hits if relevant else []
+        if use and self.settings.neighbour_window > 0:
+            # Adjacent chunks join their hit's block; they only fill room the ranked hits leave free (the
+            # packer still enforces the exact window, dropping lowest-ranked blocks first).
+            use = self.retriever.expand_neighbours(
+                use, budget_tokens=context - max_new - PROMPT_OVERHEAD_TOKENS, count_tokens=gen.count_tokens)
         prompt, blocks = pack_prompt(use, qs, profile, gen.count_tokens, context, max_new)
         timings["assemble"] = time.perf_counter() - t
         return Prepared(qs, hits, prompt, blocks, params, profile, abstain=not relevant or not blocks.blocks,
