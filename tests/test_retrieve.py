@@ -371,3 +371,20 @@ def test_cross_encoder_rerank(make_ctx, embedder, tmp_path) -> None:  # type: ig
     assert all("rerank" not in h.scores for h in off.hits)
     with pytest.raises(RerankerError):
         Reranker(tmp_path / "nope")
+
+
+def test_fusion_functions() -> None:
+    from rag.retrieve import Candidates, fuse_rrf, fuse_weighted, rank_fused
+
+    dense = Candidates(np.array([1, 2, 3]), np.array([0.9, 0.8, 0.1]))
+    lex = Candidates(np.array([3, 4]), np.array([12.0, 3.0]))
+    rrf = fuse_rrf({"dense": dense, "lexical": lex}, {"dense": 1.0, "lexical": 1.0}, rrf_k=60)
+    assert rrf[3] == pytest.approx(1 / 63 + 1 / 61) and rrf[1] == pytest.approx(1 / 61)
+    assert [c for c, _ in rank_fused(rrf)] == [3, 1, 2, 4]
+    rrf_w = fuse_rrf({"dense": dense, "lexical": lex}, {"dense": 1.0, "lexical": 0.0}, rrf_k=60)
+    assert [c for c, _ in rank_fused(rrf_w)] == [1, 2, 3]
+    # Weighted: min-max per retriever over the union; exact scores given for every candidate.
+    full = {"dense": {1: 0.9, 2: 0.8, 3: 0.1, 4: 0.5}, "lexical": {1: 0.0, 2: 0.0, 3: 12.0, 4: 3.0}}
+    w = fuse_weighted(full, {"dense": 0.5, "lexical": 0.5})
+    assert w[1] == pytest.approx(0.5) and w[3] == pytest.approx(0.5) and w[4] == pytest.approx(0.5 * 0.5 + 0.125)
+    assert fuse_weighted(full, {"dense": 1.0, "lexical": 0.0})[2] == pytest.approx(0.875)
