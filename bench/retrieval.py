@@ -48,7 +48,7 @@ from rag.db.session import Database  # noqa: E402
 from rag.embed import Embedder  # noqa: E402
 from rag.lexical import LexicalIndex  # noqa: E402
 from rag.retrieve import Candidates, Retriever, fuse_rrf, fuse_weighted, rank_fused  # noqa: E402
-from rag.store import IndexStore  # noqa: E402
+from rag.store import IndexStore, _collection_texts  # noqa: E402
 
 DATA = Path(os.environ.get("CTXQA_SHARED", ROOT.parent / "shared")) / "data" / "eval" / "scifact"
 RESULTS = ROOT / "bench" / "results"
@@ -350,8 +350,7 @@ def main() -> None:
     ids_all, texts_all = list(doc_of), None
     if grid:
         with db.session() as s:
-            rows = s.execute(Chunk.__table__.select().with_only_columns(Chunk.id, Chunk.text)).all()
-        ids_all, texts_all = [r[0] for r in rows], [r[1] for r in rows]
+            ids_all, texts_all = _collection_texts(s, coll.id)  # what the store indexes (title + headings + text)
         for k1, b in grid:
             lx = LexicalIndex.build(ids_all, texts_all, k1=k1, b=b)
             runs = {q: docs_ranking(lx.search(queries[q], DEPTH)[1].tolist(), doc_of) for q in tune}
@@ -445,8 +444,8 @@ def lexical_compare(doc_of: dict[int, str], db: Database, queries: dict[str, str
     from rag.lexical import Tokenizer
 
     with db.session() as s:
-        rows = s.execute(Chunk.__table__.select().with_only_columns(Chunk.id, Chunk.text)).all()
-    ids, texts = [r[0] for r in rows], [r[1] for r in rows]
+        coll = repo.require_collection(s, "scifact")
+        ids, texts = _collection_texts(s, coll.id)
     tok = Tokenizer()
     out: dict[str, Any] = {}
     t = time.perf_counter()

@@ -20,6 +20,8 @@ the bench output):
   grows), deletes flip a live bit (compacted when more than 20 % of rows are dead). Adds are incremental
   (tokenising dominates: ~30 µs per chunk), queries are a few vectorised numpy operations per query term.
 
+Indexed text: the chunk's document title and heading path, then the chunk text (`lexical_text`).
+
 Tokenizer: Unicode words of two or more characters, lower-cased, English stop words removed, Snowball English
 stemmer (PyStemmer) when installed. The tokenizer's identity is saved with the index; an index saved with a
 different tokenizer is treated as stale and rebuilt from the database.
@@ -41,7 +43,7 @@ import numpy as np
 from rag.index import _fsync_write, meta_path_for
 
 DEAD_COMPACT_FRACTION = 0.2
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: indexed text carries title and headings
 
 # bm25s' English stop words (the NLTK list it ships), kept here so the tokenizer does not depend on bm25s.
 STOPWORDS_EN = frozenset("""
@@ -57,6 +59,23 @@ you've your yours yourself yourselves
 """.split())
 
 _TOKEN_RE = re.compile(r"(?u)\b\w\w+\b")
+
+
+def lexical_text(text: str, title: str | None = None, headings: Sequence[str] = ()) -> str:
+    """What the lexical index sees for a chunk: its document title and heading path, then its text.
+
+    A chunk in the middle of a document rarely repeats the words that say what the document is about; the
+    "contextual header" gives BM25 those terms (SciFact, 12,659 chunks: nDCG@10 0.687 → 0.696 at k1=1.2, b=0.75;
+    bench/retrieval.py). A header part already present at the start of the chunk (the first chunk usually
+    begins with the title) is not repeated, so its term frequencies are not inflated.
+    """
+    head = text[:300].lower()
+    parts = []
+    for part in (title, *headings):
+        part = (part or "").strip()
+        if part and part.lower() not in head and part not in parts:
+            parts.append(part)
+    return "\n".join([*parts, text]) if parts else text
 
 
 class Tokenizer:

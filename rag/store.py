@@ -23,11 +23,10 @@ from sqlalchemy import select
 
 from rag.config import Settings
 from rag.db import repo
-from rag.db.models import Collection
+from rag.db.models import Chunk, Collection, Document
 from rag.db.session import Database
-from rag.db.models import Chunk
 from rag.index import IndexParams, VectorIndex, choose_index_type, meta_path_for
-from rag.lexical import LexicalIndex, Tokenizer
+from rag.lexical import LexicalIndex, Tokenizer, lexical_text
 
 
 @dataclass
@@ -185,13 +184,11 @@ class IndexStore:
         if remove_ids:
             lex.remove(remove_ids)
         if add_ids is not None and len(add_ids):
-            ids = [int(i) for i in add_ids]
-            if add_texts is None or len(add_texts) != len(ids):
-                with self.db.session() as s:
-                    by_id = dict(s.execute(select(Chunk.id, Chunk.text).where(Chunk.id.in_(ids))).all())
-                ids = [i for i in ids if i in by_id]
-                add_texts = [by_id[i] for i in ids]
-            lex.add(ids, add_texts)
+            # The indexed text carries the document title and heading path (rag.lexical.lexical_text), read
+            # from the committed rows; `add_texts` alone would not have them.
+            with self.db.session() as s:
+                ids, texts = _lexical_rows(s, [int(i) for i in add_ids])
+            lex.add(ids, texts)
         lex.generation = generation
         if save:
             lex.save(self.lexical_path(coll.id), generation)
@@ -251,17 +248,32 @@ class IndexStore:
         )
 
 
+_LEX_COLUMNS = (Chunk.id, Chunk.text, Chunk.heading_path, Document.title)
+
+
 def _collection_texts(s, collection_id: int, batch: int = 20_000) -> tuple[list[int], list[str]]:  # type: ignore[no-untyped-def]
-    """All (chunk ids, texts) of a collection, in id order, read in batches."""
+    """All (chunk ids, lexical texts) of a collection, in id order, read in batches."""
     ids: list[int] = []
     texts: list[str] = []
     last = -1
     while True:
-        rows = s.execute(select(Chunk.id, Chunk.text).where(Chunk.collection_id == collection_id, Chunk.id > last)
+        rows = s.execute(select(*_LEX_COLUMNS).join(Document, Chunk.document_id == Document.id)
+                         .where(Chunk.collection_id == collection_id, Chunk.id > last)
                          .order_by(Chunk.id).limit(batch)).all()
         if not rows:
             break
         ids.extend(int(r[0]) for r in rows)
-        texts.extend(r[1] for r in rows)
+        texts.extend(lexical_text(r[1], r[3], r[2] or ()) for r in rows)
         last = rows[-1][0]
     return ids, texts
+
+
+def _lexical_rows(s, chunk_ids: list[int], batch: int = 5000) -> tuple[list[int], list[str]]:  # type: ignore[no-untyped-def]
+    """(chunk ids, lexical texts) of the given chunks that exist, in the given order."""
+    found: dict[int, str] = {}
+    for i in range(0, len(chunk_ids), batch):
+        for r in s.execute(select(*_LEX_COLUMNS).join(Document, Chunk.document_id == Document.id)
+                           .where(Chunk.id.in_(chunk_ids[i:i + batch]))).all():
+            found[int(r[0])] = lexical_text(r[1], r[3], r[2] or ())
+    ids = [c for c in chunk_ids if c in found]
+    return ids, [found[c] for c in ids]

@@ -121,3 +121,12 @@ def test_save_load_roundtrip_and_stale_detection(tmp_path) -> None:  # type: ign
     path.write_bytes(b"garbage")
     assert LexicalIndex.load(path) is None
     assert LexicalIndex.load(tmp_path / "missing.bm25") is None
+
+
+def test_lexical_text_adds_title_and_headings_once() -> None:
+    from rag.lexical import lexical_text
+
+    assert lexical_text("body text", "Guide", ["Install", "Linux"]) == "Guide\nInstall\nLinux\nbody text"
+    assert lexical_text("Guide\n\nbody", "Guide", []) == "Guide\n\nbody"  # first chunk already starts with it
+    assert lexical_text("body", None, ["Guide", "Guide"]) == "Guide\nbody"
+    assert lexical_text("body", "", ()) == "body"

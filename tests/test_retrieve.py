@@ -388,3 +388,12 @@ def test_fusion_functions() -> None:
     w = fuse_weighted(full, {"dense": 0.5, "lexical": 0.5})
     assert w[1] == pytest.approx(0.5) and w[3] == pytest.approx(0.5) and w[4] == pytest.approx(0.5 * 0.5 + 0.125)
     assert fuse_weighted(full, {"dense": 1.0, "lexical": 0.0})[2] == pytest.approx(0.875)
+
+
+def test_lexical_index_sees_title_and_headings(make_ctx) -> None:  # type: ignore[no-untyped-def]
+    c = make_ctx()
+    add_documents(c, [{"source": "zebra.txt", "title": "Okapi field notes",
+                       "chunks": ["First paragraph about the forest.", "Second paragraph about stripes."]},
+                      {"source": "other.txt", "chunks": ["Notes about stripes on shirts."]}])
+    hits = c.retriever.search("okapi stripes", collection=COLL, k=3, mode="lexical").hits
+    assert (hits[0].source, hits[0].ordinal) == ("zebra.txt", 1)  # "okapi" is only in the document title
