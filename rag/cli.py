@@ -469,6 +469,10 @@ def models(json_out: JsonOpt = False) -> None:
     out.print(t)
 
 
+from api.cli import register as _register_api
+_register_api(app)
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,238 @@
+"""The FastAPI application: `create_app(settings)`.
+
+The lifespan builds the process's one `Context` and loads everything heavy before the first request: the
+embedder, every collection's index, and the language model; then it starts the generation queue. Loading the
+model may fail (backend not installed, file missing): the server still starts, /readyz says why, and /v1/ask
+answers 503 until a restart with a working model.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from api.deps import ApiError, AppState
+from api.metrics import Metrics, MetricsMiddleware
+from api.queue import GenerationQueue, generator_concurrency
+from api.routes import all_routers
+from rag.config import Settings
+from rag.context import Context
+from rag.db import repo
+
+log = logging.getLogger("ctxqa.api")
+
+API_VERSION = "1"
+
+DESCRIPTION = """Citation-backed answers over your own documents.
+
+Every route except `/healthz` and `/readyz` needs `Authorization: Bearer <key>` (create keys with
+`ctxqa keys create`). Errors are JSON: `{"error": {"code", "message", "field", "fields"}}`.
+"""
+
+_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                 405: "method_not_allowed", 406: "not_acceptable", 409: "conflict", 413: "payload_too_large",
+                 415: "unsupported_media_type", 422: "validation_error", 429: "too_many_requests",
+                 503: "unavailable"}
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "list[str]", "dict[str,any]", "none"}
+
+
+def _error(status: int, code: str, message: str, *, field: str | None = None,
+           fields: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, "field": field, "fields": fields or []}},
+                        status_code=status, headers=headers)
+
+
+def _loc_to_field(loc: Any) -> str:
+    parts = [str(p) for p in (loc or ())]
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
+        parts = parts[1:]
+    parts = [p for p in parts if p.replace(" ", "").lower() not in _TYPE_TAGS and not p.startswith("function-")]
+    return ".".join(parts) or "body"
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.message, field=exc.field, headers=exc.headers or None)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = []
+        for e in exc.errors():
+            kind = str(e.get("type", ""))
+            where = "body" if kind == "json_invalid" else _loc_to_field(e.get("loc"))
+            msg = str(e.get("msg", "invalid"))
+            if kind == "json_invalid" and isinstance(e.get("ctx"), dict) and e["ctx"].get("error"):
+                msg = f"{msg}: {e['ctx']['error']}"
+            fields.append({"field": where, "message": msg, "type": kind})
+        # One entry per field (a union reports each alternative).
+        seen: set[str] = set()
+        fields = [f for f in fields if not (f["field"] in seen or seen.add(f["field"]))]  # type: ignore[func-returns-value]
+        first = fields[0]["field"] if fields else None
+        msg = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5]) or "invalid request"
+        return _error(422, "validation_error", msg, field=first, fields=fields)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        code = _STATUS_CODES.get(exc.status_code, "error")
+        detail = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        return _error(exc.status_code, code, detail, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(_: Request, exc: ClientDisconnect) -> Response:
+        return Response(status_code=499)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return _error(500, "internal_error", "internal server error (details are in the server log)")
+
+
+def _limit(prop: dict[str, Any] | None, *, maximum: int | None = None, max_length: int | None = None,
+           max_items: int | None = None) -> None:
+    """Set a limit on a property schema (or on the matching variants of its anyOf)."""
+    if not prop:
+        return
+    for v in prop.get("anyOf", [prop]):
+        kind = v.get("type")
+        if maximum is not None and kind in ("integer", "number"):
+            v["maximum"] = maximum
+        if max_length is not None and kind == "string":
+            v["maxLength"] = max_length
+            v.setdefault("minLength", 1)
+        if kind == "array":
+            if max_items is not None:
+                v["maxItems"] = max_items
+                v.setdefault("minItems", 1)
+            if max_length is not None and isinstance(v.get("items"), dict):
+                _limit(v["items"], max_length=max_length)
+
+
+def apply_limits(spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Publish the configured input limits in the OpenAPI schema (the handlers enforce them either way)."""
+    from api.schemas import MAX_QUESTIONS
+
+    schemas = spec.get("components", {}).get("schemas", {})
+
+    def props(name: str) -> dict[str, Any]:
+        return schemas.get(name, {}).get("properties", {})
+
+    _limit(props("AskRequest").get("question"), max_length=settings.max_question_chars, max_items=MAX_QUESTIONS)
+    _limit(props("SearchRequest").get("query"), max_length=settings.max_question_chars)
+    for model in ("AskRequest", "SearchRequest", "ChatRequest"):
+        _limit(props(model).get("top_k"), maximum=settings.max_top_k)
+    _limit(props("AskRequest").get("max_new_tokens"), maximum=settings.max_new_tokens_limit)
+    for key in ("max_tokens", "max_completion_tokens"):
+        _limit(props("ChatRequest").get(key), maximum=settings.max_new_tokens_limit)
+    messages = props("ChatRequest").get("messages")
+    if messages is not None:  # the last user message is the question: there must be one
+        messages["contains"] = {"type": "object", "required": ["role", "content"], "properties": {
+            "role": {"const": "user"},
+            "content": {"type": "string", "minLength": 1, "maxLength": settings.max_question_chars}}}
+    upload = (spec.get("paths", {}).get("/v1/documents", {}).get("post", {}).get("requestBody", {})
+              .get("content", {}).get("multipart/form-data", {}).get("schema", {}).get("properties", {}))
+    if "files" in upload:
+        upload["files"]["maxItems"] = settings.max_files_per_upload
+        upload["files"]["minItems"] = 1
+        upload["files"]["description"] += (f" At most {settings.max_files_per_upload} files of "
+                                           f"{settings.max_upload_bytes} bytes each.")
+    return spec
+
+
+def _banner(lines: list[str]) -> str:
+    width = max(len(s) for s in lines) + 4
+    bar = "!" * width
+    return "\n".join([bar, *[f"! {s.ljust(width - 4)} !" for s in lines], bar])
+
+
+def warn_auth_disabled(settings: Settings) -> None:
+    msg = _banner([
+        "WARNING: AUTHENTICATION IS DISABLED (auth_disabled=true / CTXQA_AUTH_DISABLED=1)",
+        f"Anyone who can reach {settings.host}:{settings.port} can read, change and delete every",
+        "collection. Use this only for local development; never expose this server.",
+    ])
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _load(state: AppState) -> None:
+    """Load the heavy parts (in a worker thread, so start-up never blocks the loop)."""
+    ctx = state.ctx
+    _ = ctx.embedder
+    _ = ctx.ingestor
+    _ = ctx.retriever
+    try:
+        with ctx.db.session() as s:
+            colls = [c for c, _, _ in repo.list_collections(s)]
+        for c in colls:
+            ctx.store.get(c, on_rebuild=lambda name: log.warning("index of %r was stale: rebuilding", name))
+        state.index_error = None
+    except Exception as e:  # noqa: BLE001 - reported by /readyz
+        state.index_error = f"{type(e).__name__}: {e}"
+        log.error("could not load the indexes: %s", state.index_error)
+    try:
+        gen = ctx.generator
+        state.model_error = None
+        log.info("model loaded: %s (context %d)", getattr(gen, "name", "?"), getattr(gen, "context_length", 0))
+    except Exception as e:  # noqa: BLE001 - reported by /readyz; /v1/ask answers 503
+        state.model_error = f"{type(e).__name__}: {e}"
+        log.error("could not load the language model: %s", state.model_error)
+
+
+def create_app(settings: Settings | None = None, *, context: Context | None = None,
+               load_model: bool = True) -> FastAPI:
+    """Build the app. `context` may be given to share already-loaded parts (tests); otherwise one is made."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    state = AppState(settings=settings, ctx=context or Context(settings), metrics=metrics,
+                     ingest_lock=threading.RLock())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.auth_disabled:
+            warn_auth_disabled(settings)
+        if load_model:
+            await run_in_threadpool(_load, state)
+        gen = state.ctx.__dict__.get("generator")
+        workers = generator_concurrency(gen, settings.llm_max_batch_size) if gen is not None else 1
+        state.queue = GenerationQueue(settings.queue_size, workers=workers, metrics=metrics)
+        log.info("ctxqa API ready: %d generation worker(s), queue of %d", workers, settings.queue_size)
+        try:
+            yield
+        finally:
+            q, state.queue = state.queue, None
+            if q is not None:
+                await run_in_threadpool(q.close)
+            if context is None:
+                state.ctx.close()
+
+    app = FastAPI(title="ctxqa", version=f"{API_VERSION}.0", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url="/docs", redoc_url="/redoc", openapi_url="/openapi.json")
+    app.state.ctxqa = state
+    _install_error_handlers(app)
+    for router in all_routers():
+        app.include_router(router)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = apply_limits(FastAPI.openapi(app), settings)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def factory() -> FastAPI:
+    """For `uvicorn --factory api.app:factory` (what `ctxqa serve` runs): settings from env / ctxqa.toml."""
+    return create_app(Settings())
