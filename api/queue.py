@@ -213,7 +213,8 @@ def generator_concurrency(generator: Any, default_batch: int) -> int:
 
     A backend that batches concurrent requests (ExLlamaV2's dynamic generator with paged attention) declares it
     with an int `max_concurrency`/`concurrent_jobs` attribute, or a true `supports_concurrency`/`paged`
-    attribute (then `llm_max_batch_size` jobs run at once). llama.cpp serialises requests: 1.
+    attribute (then its `max_batch_size`, else `llm_max_batch_size`, jobs run at once). llama.cpp serialises
+    requests (one context): 1.
     """
     for attr in ("max_concurrency", "concurrent_jobs"):
         value = getattr(generator, attr, None)
@@ -227,5 +228,8 @@ def generator_concurrency(generator: Any, default_batch: int) -> int:
             except Exception:  # noqa: BLE001
                 value = False
         if value is True:
+            own = getattr(generator, "max_batch_size", None)  # ExLlamaV2Generator: its dynamic generator's batch
+            if isinstance(own, int) and not isinstance(own, bool) and own > 0:
+                return own
             return max(1, int(default_batch))
     return 1

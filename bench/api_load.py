@@ -105,15 +105,15 @@ class RssSampler(threading.Thread):
     def __init__(self, pid: int | None, every: float = 0.1) -> None:
         super().__init__(daemon=True)
         self.pid, self.every, self.peak = pid, every, 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set() and self.pid:
+        while not self._halt.is_set() and self.pid:
             self.peak = max(self.peak, proc_status(self.pid).get("VmRSS", 0))
-            self._stop.wait(self.every)
+            self._halt.wait(self.every)
 
     def stop(self) -> int:
-        self._stop.set()
+        self._halt.set()
         self.join(2)
         return self.peak
 
@@ -239,6 +239,8 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--queue-size", type=int, default=16)
+    ap.add_argument("--server-env", action="append", default=[], metavar="CTXQA_X=VALUE",
+                    help="Extra setting for the started server (repeatable), e.g. CTXQA_LLM_THREADS=2.")
     ap.add_argument("--json", type=Path, help="Write the results here (default: bench/results/api_load-*.json).")
     args = ap.parse_args()
 
@@ -251,8 +253,13 @@ def main() -> None:
         url, key, pid = args.url.rstrip("/"), args.key, args.pid
     else:
         tmp = tempfile.TemporaryDirectory(prefix="ctxqa-bench-")
-        proc, url, data = start_server(Path(tmp.name), {"CTXQA_QUEUE_SIZE": str(args.queue_size),
-                                                        "CTXQA_MAX_TOP_K": str(max(10, args.top_k))})
+        extra = {"CTXQA_QUEUE_SIZE": str(args.queue_size), "CTXQA_MAX_TOP_K": str(max(10, args.top_k))}
+        for item in args.server_env:
+            k, sep, v = item.partition("=")
+            if not sep or not k.startswith("CTXQA_"):
+                sys.exit(f"--server-env expects CTXQA_NAME=VALUE, got {item!r}")
+            extra[k] = v
+        proc, url, data = start_server(Path(tmp.name), extra)
         key, pid = make_key(data), proc.pid
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as c:
             info["corpus"] = upload_corpus(c, args.corpus, args.collection, args.max_files)

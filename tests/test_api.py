@@ -458,6 +458,7 @@ def test_upload_sniffs_content_and_never_uses_names_as_paths(server: Server, cor
         pdf = c.get(f"/v1/documents/{ids['report.bin']}").json()
         assert pdf["media_type"] == "application/pdf" and pdf["pages"] == 1 and pdf["chunk_count"] >= 1
         assert pdf["source"] == "report.bin" and pdf["metadata"]["team"] == "sales"
+        assert not pdf["title"].startswith("part-")  # never the server's temp name
         html = c.get(f"/v1/documents/{ids['page.txt']}").json()
         assert html["media_type"] == "text/html" and html["title"] == "Gadget guide"
         evil = "../../../../tmp/evil\x07name.md"
@@ -846,6 +847,107 @@ def test_ask_unknown_collection_and_generation_metrics(server: Server, corpus: d
         assert metric(text, "ctxqa_tokens_generated_total") > 0
         assert metric(text, "ctxqa_answers_total") >= 1
         assert metric(text, "ctxqa_http_requests_total", route="/v1/ask", status="200") >= 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The generation queue on its own (no server)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_queue_fifo_capacity_cancel_and_concurrency() -> None:
+    import asyncio
+
+    from api.metrics import Metrics
+    from api.queue import GenerationQueue, QueueFull, generator_concurrency
+
+    async def scenario() -> None:
+        m = Metrics()
+        q = GenerationQueue(capacity=2, workers=1, metrics=m)
+        gate = threading.Event()
+        order: list[str] = []
+
+        def job(name: str, wait: bool = False):  # type: ignore[no-untyped-def]
+            def run(cancel: threading.Event):  # type: ignore[no-untyped-def]
+                order.append(name)
+                if wait:
+                    gate.wait(10)
+                for i in range(3):
+                    if cancel.is_set():
+                        return
+                    yield f"{name}{i}"
+            return run
+
+        a = q.submit(job("a", wait=True))
+        await asyncio.sleep(0.1)  # a is running
+        b = q.submit(job("b"))
+        c = q.submit(job("c"))
+        with pytest.raises(QueueFull) as full:
+            q.submit(job("d"))
+        assert full.value.retry_after >= 1 and q.depth == 2
+        q.cancel(b)  # waiting: dropped without running
+        gate.set()
+        assert [x async for x in a.events()] == ["a0", "a1", "a2"]
+        assert [x async for x in b.events()] == []
+        assert [x async for x in c.events()] == ["c0", "c1", "c2"]
+        assert order == ["a", "c"]
+        assert m.cancelled._value.get() == 1 and m.rejected._value.get() == 1
+
+        def boom(cancel: threading.Event):  # type: ignore[no-untyped-def]
+            yield "x"
+            raise ValueError("bad question")
+
+        e = q.submit(boom)
+        got = []
+        with pytest.raises(ValueError, match="bad question"):
+            async for x in e.events():
+                got.append(x)
+        assert got == ["x"]
+        q.close()
+
+        # N workers run N jobs at once
+        q2 = GenerationQueue(capacity=0, workers=3)
+        started = threading.Barrier(3, timeout=10)
+
+        def together(cancel: threading.Event):  # type: ignore[no-untyped-def]
+            started.wait()  # only passes when three jobs run concurrently
+            yield "ok"
+
+        jobs = [q2.submit(together) for _ in range(3)]
+        with pytest.raises(QueueFull):  # all workers busy and no waiting room
+            q2.submit(together)
+        for j in jobs:
+            assert [x async for x in j.events()] == ["ok"]
+        q2.close()
+
+    asyncio.run(scenario())
+
+    class Paged:
+        paged = True
+        max_batch_size = 6
+
+    class Plain:
+        pass
+
+    assert generator_concurrency(Paged(), 8) == 6
+    assert generator_concurrency(Plain(), 8) == 1
+
+
+def test_sanitize_filename_and_sniffing() -> None:
+    from api.routes.documents import sanitize_filename, sniff_kind
+
+    assert sanitize_filename("../../etc/passwd", "f") == "passwd"
+    assert sanitize_filename("C:\\dir\\x.pdf", "f") == "x.pdf"
+    assert sanitize_filename("a\x00b\u202ec.md", "f") == "abc.md"
+    assert sanitize_filename("..", "fallback") == "fallback"
+    assert sanitize_filename(None, "fallback") == "fallback"
+    assert len(sanitize_filename("x" * 400 + ".md", "f")) <= 255
+    assert sanitize_filename("x" * 400 + ".md", "f").endswith(".md")
+    assert sniff_kind(make_pdf(["hi"])[:8192], "notes.txt") == (".pdf", "application/pdf")
+    assert sniff_kind(PAGE_HTML.encode(), "a.md") == (".html", "text/html")
+    assert sniff_kind(b"# Title\n\ntext", "a.md") == (".md", "text/markdown")
+    assert sniff_kind(b"# Title\n\ntext", "a.exe") == (".txt", "text/plain")
+    assert sniff_kind("héllo wörld".encode("utf-16"), "a") == (".txt", "text/plain")
+    assert sniff_kind(bytes(range(256)) * 4, "a.md") is None
 
 
 def test_no_server_errors_and_no_tracebacks_so_far(server: Server) -> None:
