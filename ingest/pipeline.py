@@ -380,7 +380,7 @@ class Ingestor:
                     doc = Document(collection_id=coll.id, source=prep.found.source)
                     s.add(doc)
                 doc.path = str(prep.found.path)
-                doc.title = (d.title or d.metadata.get("title") or prep.found.path.stem)[:1000]
+                doc.title = (d.title or d.metadata.get("title") or Path(prep.found.source).stem)[:1000]
                 doc.sha256 = prep.sha256
                 doc.media_type = d.media_type
                 doc.size = prep.size
@@ -458,7 +458,7 @@ class Ingestor:
                                media_type="application/octet-stream", size=prep.size, meta={}, chunk_count=0)
                 s.add(doc)
             doc.path = str(prep.found.path)
-            doc.title = prep.found.path.name
+            doc.title = Path(prep.found.source).name
             doc.sha256 = prep.sha256 or ""
             doc.size = prep.size
             doc.status = "failed"

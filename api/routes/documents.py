@@ -197,22 +197,7 @@ def _ingest(state: AppState, paths: list[Path], sources: dict[Path, str], collec
             meta: dict[str, Any]) -> Any:
     lock: threading.Lock = state.ingest_lock
     with lock:  # one writer at a time: ingestion updates the collection's generation and index
-        report = state.ctx.ingestor.ingest(paths, collection=collection, meta=meta, sources=sources)
-        _title_from_upload_name(state, report, sources)
-        return report
-
-
-def _title_from_upload_name(state: AppState, report: Any, sources: dict[Path, str]) -> None:
-    """A document without a title of its own gets the pipeline's fallback, the file's stem: for an upload
-    that is our temp name ("part-0"), so use the uploaded name's stem instead."""
-    names = {r.document_id: Path(sources[Path(r.path)]).stem for r in report.results
-             if r.document_id and r.status in ("added", "updated") and Path(r.path) in sources}
-    if not names:
-        return
-    with state.ctx.db.session() as s:
-        for doc in s.scalars(select(Document).where(Document.id.in_(list(names)))):
-            if doc.path and doc.title == Path(doc.path).stem:
-                doc.title = names[doc.id][:1000] or doc.title
+        return state.ctx.ingestor.ingest(paths, collection=collection, meta=meta, sources=sources)
 
 
 @router.post(
