@@ -6,7 +6,7 @@
     .is_relevant(hits, threshold=None) -> bool          (abstention: is anything relevant retrieved?)
     .expand_neighbours(hits, *, window=None, budget_tokens=None, count_tokens=None) -> list[Hit]
 
-Steps of `search` (per collection; several collections are searched separately and merged by score):
+Steps of `search` (several collections: each retriever's candidates are merged by raw score before fusion):
 1. Filters (rag/filters.py) resolve to the allowed chunk ids, handed to both indexes, which restrict their
    candidates *before* the top-k cut: a filtered search returns k hits whenever k chunks match.
 2. mode=dense: faiss top-`candidates` by cosine. mode=lexical: BM25 top-`candidates`. mode=hybrid: both.
@@ -168,6 +168,16 @@ def mmr_select(ranked: Sequence[tuple[int, float]], vectors: dict[int, np.ndarra
     return [ranked[j] for j in chosen]
 
 
+def _merge_candidates(parts: list[Candidates], n: int) -> Candidates:
+    """One retriever's candidates from several collections, best raw score first (ties by chunk id)."""
+    if len(parts) == 1:
+        return parts[0]
+    ids = np.concatenate([p.ids for p in parts]).astype(np.int64)
+    scores = np.concatenate([p.scores for p in parts]).astype(np.float32)
+    order = np.lexsort((ids, -scores))[:n]
+    return Candidates(ids[order], scores[order])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The retriever
 # ---------------------------------------------------------------------------------------------------------------
@@ -206,7 +216,7 @@ class Retriever:
                max_per_document: int | None = None, rerank: bool | None = None) -> SearchResult:
         """Top-k hits for `query`. Arguments left None take their defaults from Settings.
 
-        collection: a name or several names (searched separately, merged by score).
+        collection: a name or several names (candidates merged by raw score, then fused once).
         mode: dense | lexical | hybrid.  fusion: rrf | weighted (hybrid only).
         weights: {"dense": w, "lexical": w} or (w_dense, w_lexical).
         filters: a Filters or a dict of its fields (validated; invalid → pydantic ValidationError).
@@ -263,19 +273,27 @@ class Retriever:
             qv = self.embedder.encode_query(query)
             t = tick("embed", t)
 
-        merged: list[tuple[int, float, str, dict[str, float]]] = []
+        lists: dict[str, list[Candidates]] = {}
+        evidence_all: dict[int, dict[str, float]] = {}
         vectors: dict[int, np.ndarray] = {}
+        coll_of: dict[int, str] = {}
         doc_of: dict[int, int] = {}
         for coll in colls:
-            ranked, evidence, vecs = self._rank_collection(coll, query, qv, mode, fusion, w, flt, n_cand, timings)
+            c_lists, evidence, vecs = self._collect(coll, query, qv, mode, fusion, flt, n_cand, timings)
+            for name, cand in c_lists.items():
+                lists.setdefault(name, []).append(cand)
+            evidence_all.update(evidence)
             vectors.update(vecs)
-            merged.extend((cid, sc, coll.name, evidence.get(cid, {})) for cid, sc in ranked)
-        merged.sort(key=lambda r: (-r[1], r[0]))
+            coll_of.update((cid, coll.name) for cid in evidence)
+        # Several collections: each retriever's lists merge by raw score, then fusion runs once over the merged
+        # lists. Cosines share one embedder and compare exactly; BM25 statistics (idf, average length) are per
+        # collection, so lexical scores of very differently sized collections compare only roughly.
+        t = time.perf_counter()
+        merged = {name: _merge_candidates(parts, n_cand) for name, parts in lists.items()}
+        ranked_all = self._fuse(merged, evidence_all, mode, fusion, w)
+        timings["fuse"] = timings.get("fuse", 0.0) + time.perf_counter() - t
 
         t = time.perf_counter()
-        ranked_all = [(cid, sc) for cid, sc, _, _ in merged]
-        coll_of = {cid: name for cid, _, name, _ in merged}
-        evidence_all = {cid: ev for cid, _, _, ev in merged}
         if reranker is not None and ranked_all:
             ranked_all = self._rerank(reranker, query, ranked_all[: max(s.rerank_depth, k)], evidence_all)
             t = tick("rerank", t)
@@ -329,17 +347,18 @@ class Retriever:
             self._filter_cache.popitem(last=False)
         return allowed
 
-    def _rank_collection(self, coll: Collection, query: str, qv: np.ndarray | None, mode: str, fusion: str,
-                         w: dict[str, float], flt: Filters | None, n_cand: int, timings: dict[str, float]
-                         ) -> tuple[list[tuple[int, float]], dict[int, dict[str, float]], dict[int, np.ndarray]]:
-        """Ranked (chunk id, score) candidates of one collection, their evidence and stored vectors."""
+    def _collect(self, coll: Collection, query: str, qv: np.ndarray | None, mode: str, fusion: str,
+                 flt: Filters | None, n_cand: int, timings: dict[str, float]
+                 ) -> tuple[dict[str, Candidates], dict[int, dict[str, float]], dict[int, np.ndarray]]:
+        """One collection's candidates per retriever, their evidence (raw scores; every candidate's dense cosine
+        from its stored vector; in weighted hybrid also every candidate's exact BM25) and stored vectors."""
         t = time.perf_counter()
         vindex, lindex = self.store.get_both(coll)
         allowed = self._allowed(coll, flt, vindex.generation)
         timings["filter"] = timings.get("filter", 0.0) + time.perf_counter() - t
-        if allowed is not None and not len(allowed):
-            return [], {}, {}
         lists: dict[str, Candidates] = {}
+        if allowed is not None and not len(allowed):
+            return lists, {}, {}
         if mode in ("dense", "hybrid") and qv is not None:
             t = time.perf_counter()
             sc, ids = vindex.search(qv[None, :], n_cand, allowed_ids=allowed)
@@ -355,10 +374,8 @@ class Retriever:
         t = time.perf_counter()
         evidence: dict[int, dict[str, float]] = {}
         for name, cand in lists.items():
-            for rank, (cid, score) in enumerate(zip(cand.ids.tolist(), cand.scores.tolist()), start=1):
-                ev = evidence.setdefault(cid, {})
-                ev[name] = float(score)
-                ev[f"{name}_rank"] = float(rank)
+            for cid, score in zip(cand.ids.tolist(), cand.scores.tolist()):
+                evidence.setdefault(cid, {})[name] = float(score)
         union = np.fromiter(evidence.keys(), dtype=np.int64, count=len(evidence))
         # Stored vectors of all candidates: exact dense scores for lexical-only ones, and MMR similarities.
         vectors: dict[int, np.ndarray] = {}
@@ -374,20 +391,25 @@ class Retriever:
                 sc, ids = lindex.search(query, len(missing), allowed_ids=np.asarray(missing, dtype=np.int64))
                 for cid, score in zip(ids.tolist(), sc.tolist()):
                     evidence[cid]["lexical"] = float(score)
-        if mode == "dense":
-            ranked = [(int(c), float(v)) for c, v in zip(lists["dense"].ids, lists["dense"].scores)]
-        elif mode == "lexical":
-            ranked = [(int(c), float(v)) for c, v in zip(lists["lexical"].ids, lists["lexical"].scores)]
-        elif fusion == "rrf":
+        timings["fuse"] = timings.get("fuse", 0.0) + time.perf_counter() - t
+        return lists, evidence, vectors
+
+    def _fuse(self, lists: dict[str, Candidates], evidence: dict[int, dict[str, float]], mode: str, fusion: str,
+              w: dict[str, float]) -> list[tuple[int, float]]:
+        for name, cand in lists.items():
+            for rank, cid in enumerate(cand.ids.tolist(), start=1):
+                evidence[cid][f"{name}_rank"] = float(rank)
+        if mode in ("dense", "lexical"):
+            cand = lists.get(mode)
+            return [] if cand is None else [(int(c), float(v)) for c, v in zip(cand.ids, cand.scores)]
+        if fusion == "rrf":
             ranked = rank_fused(fuse_rrf(lists, w, self.settings.rrf_k))
         else:
             full = {name: {cid: ev.get(name, 0.0) for cid, ev in evidence.items()} for name in lists}
             ranked = rank_fused(fuse_weighted(full, w))
-        if mode == "hybrid":
-            for cid, score in ranked:
-                evidence[cid]["fused"] = score
-        timings["fuse"] = timings.get("fuse", 0.0) + time.perf_counter() - t
-        return ranked, evidence, vectors
+        for cid, score in ranked:
+            evidence[cid]["fused"] = score
+        return ranked
 
     def _rerank(self, reranker: Any, query: str, ranked: list[tuple[int, float]],
                 evidence: dict[int, dict[str, float]]) -> list[tuple[int, float]]:

@@ -190,8 +190,11 @@ def test_filters_apply_before_truncation(make_ctx) -> None:  # type: ignore[no-u
     assert res.hits == []
     # Several collections at once, merged by score.
     add_documents(c, [{"source": "other.txt", "chunks": ["Bread recipe with rye flour."]}], collection="u")
-    res = r.search("rye bread", collection=[COLL, "u"], k=3)
+    res = r.search("rye bread", collection=[COLL, "u"], k=3, mode="dense")
     assert res.hits[0].collection == "u" and {h.collection for h in res.hits} == {COLL, "u"}
+    res = r.search("rye bread", collection=[COLL, "u"], k=10)
+    assert {h.collection for h in res.hits} == {COLL, "u"}
+    assert [h.score for h in res.hits] == sorted((h.score for h in res.hits), reverse=True)
 
 
 def test_deletes_and_updates_reach_both_indexes(ctx) -> None:  # type: ignore[no-untyped-def]
