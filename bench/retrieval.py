@@ -309,6 +309,10 @@ def main() -> None:
     ap.add_argument("--latency-queries", type=int, default=300)
     ap.add_argument("--lexical-compare", action="store_true", help="also compare with bm25s (build/query time)")
     ap.add_argument("--quick", action="store_true", help="smaller parameter sweeps")
+    ap.add_argument("--latency-only", action="store_true",
+                    help="only time queries, on the collection a previous run left in bench/results/scifact")
+    ap.add_argument("--query-backends", default="torch",
+                    help="embedding backends to time query latency with, comma-separated (torch,onnx,onnx-int8)")
     args = ap.parse_args()
 
     corpus, queries, qrels = load_scifact()
@@ -318,6 +322,14 @@ def main() -> None:
           f"(tune {len(tune)}, held-out {len(held)})", flush=True)
     settings = Settings(data_dir=WORK, index_type="flat")
     embedder = Embedder.from_settings(settings)
+    report: dict[str, Any] = {"documents": len(corpus), "queries": len(qids), "tune": len(tune), "held": len(held),
+                              "load_avg": os.getloadavg(), "configs": {}}
+    if args.latency_only:
+        db = Database(settings.db_url)
+        store = IndexStore(settings, db)
+        run_latency(args, settings, db, store, embedder, [queries[q] for q in qids], report)
+        (RESULTS / "retrieval_latency.json").write_text(json.dumps(report, indent=2))
+        return
     corpus, chunks = chunk_corpus(corpus, embedder)
     texts = [c[0] for specs in chunks for c in specs]
     ntok = [c[3] for specs in chunks for c in specs]
@@ -331,8 +343,7 @@ def main() -> None:
         coll = repo.require_collection(s, "scifact")
     vindex, lindex = store.get_both(coll)
     runner = Runner(vindex, lindex, doc_of, queries, qvecs)
-    report: dict[str, Any] = {"documents": len(corpus), "chunks": len(texts), "queries": len(qids),
-                              "tune": len(tune), "held": len(held), "load_avg": os.getloadavg(), "configs": {}}
+    report["chunks"] = len(texts)
 
     def record(name: str, runs: dict[str, list[str]], params: dict | None = None) -> dict:
         r = {"tune": evaluate(runs, qrels, tune), "held": evaluate(runs, qrels, held),
@@ -413,19 +424,8 @@ def main() -> None:
     for name, r in report["configs"].items():
         print(fmt_row(name, r["tune"], r["held"], r["all"]))
 
-    # Latency, one query at a time.
-    lat_texts = [queries[q] for q in qids][: args.latency_queries]
-    report["latency"] = {}
-    print("\n### Latency per query (ms), one at a time\n")
-    print("| mode | embed p50 | embed p95 | search+fusion p50 | search+fusion p95 | embed+search p50 | "
-          "embed+search p95 | with DB fetch p50 | with DB fetch p95 |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for mode in ("dense", "lexical", "hybrid"):
-        lat = latency(retriever, lat_texts, mode)
-        report["latency"][mode] = lat
-        print(f"| {mode} | {lat['embed_p50']:.2f} | {lat['embed_p95']:.2f} | {lat['search_p50']:.2f} | "
-              f"{lat['search_p95']:.2f} | {lat['total_p50']:.2f} | {lat['total_p95']:.2f} | {lat['wall_p50']:.2f} | "
-              f"{lat['wall_p95']:.2f} |", flush=True)
+    if args.latency_queries > 0:
+        run_latency(args, settings, db, store, embedder, [queries[q] for q in qids], report)
     report["load_avg_end"] = os.getloadavg()
 
     if args.lexical_compare:
@@ -434,6 +434,37 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "retrieval.json").write_text(json.dumps(report, indent=2))
     print(f"\nload average at start {report['load_avg']}, at end {report['load_avg_end']}")
+
+
+def run_latency(args: Any, settings: Settings, db: Database, store: IndexStore, embedder: Embedder,
+                texts: list[str], report: dict[str, Any]) -> None:
+    """Per-query latency through Retriever.search, one query at a time, per mode and embedding backend."""
+    retriever = Retriever(settings, db, store, embedder)
+    lat_texts = texts[: args.latency_queries]
+    report["latency"] = {}
+    print("\n### Latency per query (ms), one at a time\n")
+    print("| mode (query embedding backend) | embed p50 | embed p95 | search+fusion p50 | search+fusion p95 | "
+          "embed+search p50 | embed+search p95 | with DB fetch p50 | with DB fetch p95 |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    rows = []
+    for backend in args.query_backends.split(","):
+        r_b = retriever
+        if backend != settings.embedding_backend:
+            emb_b = Embedder.from_settings(settings.model_copy(update={"embedding_backend": backend}))
+            if emb_b.backend != backend:
+                print(f"(backend {backend} unavailable: skipped)")
+                continue
+            r_b = Retriever(settings, db, store, emb_b)
+        rows += [(f"{mode} ({backend})", r_b, mode) for mode in ("dense", "lexical", "hybrid")
+                 if backend == args.query_backends.split(",")[0] or mode != "lexical"]
+    for name, r_b, mode in rows:
+        lat = latency(r_b, lat_texts, mode)
+        report["latency"][name] = lat
+        print(f"| {name} | {lat['embed_p50']:.2f} | {lat['embed_p95']:.2f} | {lat['search_p50']:.2f} | "
+              f"{lat['search_p95']:.2f} | {lat['total_p50']:.2f} | {lat['total_p95']:.2f} | {lat['wall_p50']:.2f} | "
+              f"{lat['wall_p95']:.2f} |", flush=True)
+    report["load_avg_end"] = os.getloadavg()
+    print(f"load average {os.getloadavg()}")
 
 
 def lexical_compare(doc_of: dict[int, str], db: Database, queries: dict[str, str], qrels: dict, qids: list[str]

@@ -29,6 +29,7 @@ the threshold default was chosen on ClapNQ dev by bench/calibrate_abstention.py 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -192,6 +193,7 @@ class Retriever:
         self.embedder = embedder
         self._reranker = reranker
         self._filter_cache: OrderedDict[tuple[int, int, str], np.ndarray | None] = OrderedDict()
+        self._lock = threading.Lock()  # guards the filter cache and the lazy reranker (the API is threaded)
 
     # -- configuration -------------------------------------------------------------------------------------
     @property
@@ -205,7 +207,9 @@ class Retriever:
         if self._reranker is None and self.settings.cross_encoder_model:
             from rag.rerank import Reranker
 
-            self._reranker = Reranker(self.settings.cross_encoder_model)
+            with self._lock:
+                if self._reranker is None:
+                    self._reranker = Reranker(self.settings.cross_encoder_model)
         return self._reranker
 
     # -- search --------------------------------------------------------------------------------------------
@@ -337,14 +341,16 @@ class Retriever:
         if flt is None:
             return None
         key = (coll.id, generation, flt.key())
-        if key in self._filter_cache:
-            self._filter_cache.move_to_end(key)
-            return self._filter_cache[key]
+        with self._lock:
+            if key in self._filter_cache:
+                self._filter_cache.move_to_end(key)
+                return self._filter_cache[key]
         with self.db.session() as ses:
             allowed = allowed_chunk_ids(ses, coll.id, flt)
-        self._filter_cache[key] = allowed
-        while len(self._filter_cache) > _FILTER_CACHE_SIZE:
-            self._filter_cache.popitem(last=False)
+        with self._lock:
+            self._filter_cache[key] = allowed
+            while len(self._filter_cache) > _FILTER_CACHE_SIZE:
+                self._filter_cache.popitem(last=False)
         return allowed
 
     def _collect(self, coll: Collection, query: str, qv: np.ndarray | None, mode: str, fusion: str,
