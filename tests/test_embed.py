@@ -1,0 +1,243 @@
+"""The embedding backends: ONNX (fp32, int8) against the torch reference, batching, windows, export cache.
+
+The ONNX model is exported once per test session into a temporary cache (the real export path: torch.onnx, the
+ONNX Runtime optimiser, dynamic int8 quantisation, the probe check), so these tests also prove a fresh machine can
+build it offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from rag import onnx_embed  # noqa: E402
+from rag.config import Settings  # noqa: E402
+from rag.embed import Embedder  # noqa: E402
+
+TEXTS = [
+    "FastAPI is a modern, fast (high-performance), web framework for building APIs with Python based on standard "
+    "Python type hints.",
+    "Net sales increased 8% or $6.9 billion during the third quarter of 2023 compared to the same quarter in 2022.",
+    "def read_item(item_id: int, q: str | None = None):\n    return {\"item_id\": item_id, \"q\": q}",
+    "Alterations of the architecture of cerebral white matter in the developing human brain can affect cortical "
+    "development and result in functional disabilities.",
+    "ok",
+    "  leading and trailing whitespace  ",
+    "Ünïcödé, emoji 🚀 and CJK 中文 text mixed with numbers 3.14159",
+]
+
+
+@pytest.fixture(scope="session")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.fixture(scope="session")
+def onnx_int8(onnx_cache: Path) -> Embedder:
+    e = Embedder(backend="onnx-int8", cache_dir=onnx_cache, batch_tokens=2048)
+    assert e.backend == "onnx-int8", "the ONNX export failed (see the warning in the log)"
+    return e
+
+
+@pytest.fixture(scope="session")
+def onnx_fp32(onnx_cache: Path, onnx_int8: Embedder) -> Embedder:  # after int8: reuses its fp32 export
+    e = Embedder(backend="onnx", cache_dir=onnx_cache, batch_tokens=2048)
+    assert e.backend == "onnx"
+    return e
+
+
+@pytest.fixture(scope="session")
+def real_texts() -> list[str]:
+    """Real chunks of the shared corpora (Markdown and a 10-Q PDF) when present, else the built-in texts."""
+    shared = Path(os.environ.get("CTXQA_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+    root = shared / "data" / "corpora"
+    if not root.is_dir():
+        return list(TEXTS)
+    from ingest.chunk import chunk
+    from ingest.loaders import load
+
+    tok = Embedder().new_tokenizer()
+    files = sorted(root.rglob("*.md"))[:6] + sorted(root.rglob("*.pdf"))[:1]
+    out: list[str] = []
+    for p in files:
+        specs = chunk(load(p), tok, 200, 32, max_tokens=256)
+        out.extend(sp.text for sp in specs[:40])
+    random.Random(0).shuffle(out)
+    return out[:160] + TEXTS
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1)
+
+
+def test_onnx_fp32_matches_torch(embedder: Embedder, onnx_fp32: Embedder, real_texts: list[str]) -> None:
+    ref = embedder.encode(real_texts)
+    got = onnx_fp32.encode(real_texts)
+    assert got.shape == ref.shape and got.dtype == np.float32
+    assert _cos(got, ref).min() > 0.9999
+
+
+def test_onnx_int8_close_to_torch(embedder: Embedder, onnx_int8: Embedder, real_texts: list[str]) -> None:
+    assert len(real_texts) > onnx_int8.small_call_texts  # a bulk call: the int8 graph
+    ref = embedder.encode(real_texts)
+    cos = _cos(onnx_int8.encode(real_texts), ref)
+    # Dynamic int8 moves each vector a little (mean ~0.993 on real chunks, least on long ones; a 1-word text in a
+    # batch of longer ones ~0.96); SciFact nDCG@10 stays within 0.5% of fp32 (bench/embed_quality.py). A broken
+    # quantisation (wrong scales, a dropped bias) lands far below these.
+    assert cos.mean() > 0.99
+    assert np.percentile(cos, 5) > 0.985
+    assert cos.min() > 0.95
+    # ...and it really is int8: not bit-for-bit the fp32 graph.
+    assert cos.max() < 0.99999
+
+
+def test_int8_small_calls_run_at_full_precision(embedder: Embedder, onnx_fp32: Embedder,
+                                                onnx_int8: Embedder) -> None:
+    """Queries (and any call of at most `small_call_texts` texts) use the fp32 graph: the query side of the
+    search is exact, whatever the documents were embedded with."""
+    queries = ["ok", "What is FastAPI?", "net sales growth in the third quarter"]
+    for q in queries:
+        assert float(onnx_int8.encode_query(q) @ embedder.encode_query(q)) > 0.9999
+    small = onnx_int8.encode(queries)
+    assert np.array_equal(small, onnx_fp32.encode(queries))
+    bulk = onnx_int8.encode(queries + TEXTS)[:3]  # 10 texts: the int8 graph
+    assert not np.array_equal(bulk, small)
+    assert _cos(bulk, small).min() > 0.95
+
+
+@pytest.mark.parametrize("which", ["onnx_fp32", "onnx_int8"])
+def test_shape_dtype_normalisation(which: str, request: pytest.FixtureRequest) -> None:
+    e: Embedder = request.getfixturevalue(which)
+    v = e.encode(TEXTS)
+    assert v.shape == (len(TEXTS), e.dim) == (len(TEXTS), 384)
+    assert v.dtype == np.float32 and v.flags["C_CONTIGUOUS"]
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert e.encode([]).shape == (0, e.dim)
+    q = e.encode_query(TEXTS[0])
+    assert q.shape == (e.dim,) and abs(float(np.linalg.norm(q)) - 1) < 1e-5
+    # Different texts, different vectors: the pooling is not degenerate.
+    assert _cos(v[:1], v[1:2])[0] < 0.9
+
+
+@pytest.mark.parametrize("which", ["onnx_fp32", "onnx_int8"])
+def test_order_does_not_change_vectors(which: str, request: pytest.FixtureRequest, real_texts: list[str]) -> None:
+    """Batches depend on the set of texts, not their order: a permuted input gives bit-identical vectors (int8
+    activation scales are per batch, so this only holds because the batching is canonical)."""
+    e: Embedder = request.getfixturevalue(which)
+    texts = real_texts[:60] + [real_texts[0], "ok"]  # duplicates and a tie in length
+    perm = list(range(len(texts)))
+    random.Random(1).shuffle(perm)
+    a = e.encode(texts)
+    b = e.encode([texts[i] for i in perm])
+    assert np.array_equal(a[perm], b)
+    assert len(e.batches([len(t) for t in texts])) > 1  # the budget really split it into several batches
+
+
+def test_batches_respect_token_budget_and_cap(onnx_int8: Embedder) -> None:
+    rng = random.Random(2)
+    lengths = [rng.randint(3, 256) for _ in range(500)] + [5000]
+    keys = [f"t{i}" for i in range(len(lengths))]
+    batches = onnx_int8.batches(lengths, keys, batch_size=50)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(lengths)))
+    widths = [lengths[b[-1]] for b in batches]
+    assert widths == sorted(widths)  # length-bucketed: ascending padded width
+    for b in batches:
+        assert len(b) <= 50
+        assert max(lengths[i] for i in b) == lengths[b[-1]]
+        assert len(b) == 1 or len(b) * lengths[b[-1]] <= onnx_int8.batch_tokens
+    assert [5000 in [lengths[i] for i in b] and len(b) == 1 for b in batches].count(True) == 1
+    # Short texts share big batches, long ones small ones.
+    assert len(batches[0]) > len(batches[-2])
+
+
+def test_long_text_is_counted_not_silently_truncated(embedder: Embedder, onnx_int8: Embedder) -> None:
+    long = " ".join(f"word{i} is here." for i in range(400))
+    n = onnx_int8.count_tokens(long)
+    assert n == embedder.count_tokens(long) > onnx_int8.max_tokens == 256
+    onnx_int8.encode([long, "short"])  # the batch tokenizer truncates at the window...
+    assert onnx_int8.count_tokens(long) == n  # ...but the shared tokenizer still reports the full length
+    assert len(onnx_int8.tokenizer(long)["input_ids"]) == n
+    # The pipeline's chunker, given this embedder, never produces a chunk beyond the window.
+    from ingest.chunk import chunk
+    from rag.types import LoadedDocument
+
+    specs = chunk(LoadedDocument(text=long, media_type="text/plain"), onnx_int8.tokenizer, 254, 32,
+                  max_tokens=onnx_int8.max_tokens)
+    assert len(specs) > 1
+    assert all(onnx_int8.count_tokens(s.text) <= onnx_int8.max_tokens for s in specs)
+    # Beyond the window both backends embed the same first 256 word pieces (as sentence-transformers does).
+    cos = _cos(onnx_int8.encode([long]), embedder.encode([long]))[0]
+    assert cos > 0.98
+
+
+def test_same_name_and_space_across_backends(embedder: Embedder, onnx_fp32: Embedder, onnx_int8: Embedder) -> None:
+    assert embedder.name == onnx_fp32.name == onnx_int8.name == "sentence-transformers/all-MiniLM-L6-v2"
+    assert embedder.dim == onnx_fp32.dim == onnx_int8.dim
+    assert embedder.max_tokens == onnx_fp32.max_tokens == onnx_int8.max_tokens
+    # Interchangeable: a query embedded by one backend finds the right text among vectors of another.
+    docs = embedder.encode(TEXTS[:4])
+    for e in (onnx_fp32, onnx_int8):
+        q = e.encode_query("What web framework uses Python type hints?")
+        assert int(np.argmax(docs @ q)) == 0
+
+
+def test_export_is_cached_and_reused(onnx_cache: Path, onnx_int8: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = sorted(p.name for p in onnx_cache.glob("onnx/*/*.onnx"))
+    assert files == ["model.fp32.onnx", "model.int8.onnx"]
+
+    def boom(*a, **k):  # type: ignore[no-untyped-def]
+        raise AssertionError("re-exported although the cache holds the model")
+
+    monkeypatch.setattr(onnx_embed, "_export_fp32", boom)
+    again = Embedder(backend="onnx-int8", cache_dir=onnx_cache, batch_tokens=2048)
+    assert again.backend == "onnx-int8"
+    assert np.array_equal(again.encode(TEXTS), onnx_int8.encode(TEXTS))
+
+
+def test_a_bad_export_is_refused_and_not_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """The probe check compares the exported graph with torch; an export that does not reproduce the vectors is
+    never published, and the embedder falls back to torch (same vectors, slower)."""
+    monkeypatch.setitem(onnx_embed.MIN_COSINE, "fp32", 1.5)  # no graph can pass: simulates a broken export
+    with caplog.at_level(logging.WARNING, logger="rag.embed"):
+        e = Embedder(backend="onnx", cache_dir=tmp_path)
+    assert e.backend == "torch" and e.requested_backend == "onnx"
+    assert "does not reproduce the torch vectors" in caplog.text
+    assert not list(tmp_path.glob("onnx/*/*.onnx"))
+    assert e.encode(["x"]).shape == (1, 384)
+
+
+def test_unsupported_model_falls_back_to_torch(tmp_path: Path, embedder: Embedder,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    import json
+    import shutil
+
+    model = tmp_path / "maxpool-minilm"
+    shutil.copytree(embedder.path, model)
+    cfg = json.loads((model / "1_Pooling" / "config.json").read_text())
+    cfg.update(pooling_mode_mean_tokens=False, pooling_mode_max_tokens=True)
+    (model / "1_Pooling" / "config.json").write_text(json.dumps(cfg))
+    with caplog.at_level(logging.WARNING, logger="rag.embed"):
+        e = Embedder(str(model), backend="onnx-int8", cache_dir=tmp_path / "cache")
+    assert e.backend == "torch"
+    assert "not supported by the ONNX backend" in caplog.text
+
+
+def test_settings_select_the_backend(onnx_cache: Path, onnx_int8: Embedder) -> None:
+    s = Settings(embedding_backend="onnx-int8", embedding_cache_dir=onnx_cache, embedding_batch_tokens=1234,
+                 embedding_threads=1)
+    e = Embedder.from_settings(s)
+    assert (e.backend, e.batch_tokens, e.threads) == ("onnx-int8", 1234, 1)
+    assert _cos(e.encode(TEXTS), onnx_int8.encode(TEXTS)).min() > 0.9999
+    assert _cos(e.encode(TEXTS * 3), onnx_int8.encode(TEXTS * 3)).min() > 0.98
+    with pytest.raises(Exception):
+        Settings(embedding_backend="tensorflow")
