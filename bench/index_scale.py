@@ -7,8 +7,11 @@ latency p50/p95 (one query at a time, as the API serves them) and recall@10 agai
 the search-time parameter (HNSW efSearch, IVF nprobe). Exact flat search is also timed on prefixes of the data
 (10k .. 1M) to find where flat stops meeting the 5 ms p50 budget: that sets `index_auto_threshold`.
 
-Data: "clustered" is a mixture of 2,000 Gaussians on the unit sphere (each point ~0.5-0.7 cosine from its
-centre, like real embedding neighbourhoods); queries are fresh draws from the same mixture (never in the index).
+Data: "hierarchical" (default): 1,000 topics x 50 sub-topics on the unit sphere, points ~0.85 cosine from their
+sub-topic centre (~20 per sub-topic), like real embedding neighbourhoods where near-duplicates and same-topic
+chunks form small tight groups. "clustered": 2,000 broad Gaussian clusters (points ~0.6 cosine from the centre,
+~500 per cluster, isotropic inside: locally as hard as random data). Queries are fresh draws from the same
+distribution (never in the index).
 "gaussian" is isotropic random vectors: a worst case with no structure (every neighbour almost equidistant),
 reported for completeness.
 
@@ -34,6 +37,7 @@ import faiss  # noqa: E402
 from rag.index import IndexParams, VectorIndex  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
+PREFIXES: list[int] = []
 
 
 def rss_mb() -> float:
@@ -45,7 +49,18 @@ def rss_mb() -> float:
 def make_data(kind: str, n: int, nq: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     out = np.empty((n + nq, dim), dtype=np.float32)
-    if kind == "gaussian":
+    if kind == "hierarchical":
+        # 1,000 topics x 50 sub-topics; a sub-topic centre sits at cosine ~0.75 from its topic, a point at ~0.85
+        # from its sub-topic centre (~20 points each): nearest neighbours are a point's sub-topic mates.
+        topics = rng.standard_normal((1000, dim), dtype=np.float32)
+        topics /= np.linalg.norm(topics, axis=1, keepdims=True)
+        subs = np.repeat(topics, 50, axis=0) + rng.standard_normal((50_000, dim), dtype=np.float32) * 0.045
+        subs /= np.linalg.norm(subs, axis=1, keepdims=True)
+        for a in range(0, n + nq, 100_000):
+            b = min(a + 100_000, n + nq)
+            which = rng.integers(0, len(subs), b - a)
+            out[a:b] = subs[which] + rng.standard_normal((b - a, dim), dtype=np.float32) * 0.0316
+    elif kind == "gaussian":
         for a in range(0, n + nq, 100_000):
             b = min(a + 100_000, n + nq)
             out[a:b] = rng.standard_normal((b - a, dim), dtype=np.float32)
@@ -92,7 +107,7 @@ def run(kind: str, n: int, nq: int, dim: int, types: list[str]) -> dict:
     res: dict = {"data": kind, "n": n, "dim": dim, "queries": nq, "flat_prefix": [], "types": {}}
 
     # Exact ground truth and flat latency on prefixes.
-    sizes = [s for s in (10_000, 50_000, 100_000, 200_000, 500_000, 1_000_000) if s <= n]
+    sizes = sorted({s for s in PREFIXES if s < n} | {n})
     truth = None
     for size in sizes:
         r0 = rss_mb()
@@ -122,7 +137,7 @@ def run(kind: str, n: int, nq: int, dim: int, types: list[str]) -> dict:
         mem = rss_mb() - r0
         size_mb = (x.nbytes + n * params.hnsw_m * 2 * 4 + n * 8) / 2**20  # vectors + level-0 links + id map
         sweep = []
-        for ef in (16, 32, 64, 128, 256):
+        for ef in (16, 32, 64, 128, 256, 512):
             idx.params.hnsw_ef_search = ef
             lat, found = time_queries(lambda v: idx.search(v[None, :], 10)[1][0], q)
             row = {"param": f"efSearch={ef}", "p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95),
@@ -177,12 +192,19 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--queries", type=int, default=200)
-    ap.add_argument("--data", choices=["clustered", "gaussian", "both"], default="clustered")
+    ap.add_argument("--data", choices=["clustered", "hierarchical", "gaussian", "both"], default="hierarchical")
+    ap.add_argument("--ivf-nlist", type=int, default=0, help="override IVF's 4*sqrt(n) lists (training time)")
+    ap.add_argument("--prefixes", default="10000,50000,100000,200000,500000")
     ap.add_argument("--types", default="hnsw,ivf")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     faiss.omp_set_num_threads(args.threads)
-    kinds = ["clustered", "gaussian"] if args.data == "both" else [args.data]
+    PREFIXES[:] = [int(x) for x in args.prefixes.split(",") if x]
+    if args.ivf_nlist:
+        import rag.index
+
+        rag.index._ivf_nlist = lambda n: args.ivf_nlist  # noqa: E731 - bench-only override
+    kinds = ["hierarchical", "clustered"] if args.data == "both" else [args.data]
     out = {"threads": args.threads, "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg(), "runs": []}
     for kind in kinds:
         out["runs"].append(run(kind, args.n, args.queries, args.dim, args.types.split(",")))
