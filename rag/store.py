@@ -168,6 +168,12 @@ class IndexStore:
             if add_ids is not None and add_vecs is not None and len(add_ids):
                 idx.add(add_ids, add_vecs)
             idx.generation = generation
+            requested = coll.index_type if coll.index_type != "auto" else self.settings.index_type
+            if requested == "auto" and idx.index_type == "flat" and \
+                    choose_index_type("auto", idx.ntotal, self.settings.index_auto_threshold) != "flat":
+                # The collection grew past the size where exact search stays fast: switch to HNSW once.
+                self._rebuild_vectors(coll)
+                return
             if save:
                 idx.save(self.path(coll.id), generation)
 
