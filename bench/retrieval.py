@@ -446,23 +446,32 @@ def run_latency(args: Any, settings: Settings, db: Database, store: IndexStore, 
     print("| mode (query embedding backend) | embed p50 | embed p95 | search+fusion p50 | search+fusion p95 | "
           "embed+search p50 | embed+search p95 | with DB fetch p50 | with DB fetch p95 |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    rows = []
-    for backend in args.query_backends.split(","):
-        r_b = retriever
-        if backend != settings.embedding_backend:
-            emb_b = Embedder.from_settings(settings.model_copy(update={"embedding_backend": backend}))
-            if emb_b.backend != backend:
-                print(f"(backend {backend} unavailable: skipped)")
-                continue
-            r_b = Retriever(settings, db, store, emb_b)
-        rows += [(f"{mode} ({backend})", r_b, mode) for mode in ("dense", "lexical", "hybrid")
-                 if backend == args.query_backends.split(",")[0] or mode != "lexical"]
-    for name, r_b, mode in rows:
+
+    def time_one(name: str, r_b: Retriever, mode: str) -> None:
         lat = latency(r_b, lat_texts, mode)
         report["latency"][name] = lat
         print(f"| {name} | {lat['embed_p50']:.2f} | {lat['embed_p95']:.2f} | {lat['search_p50']:.2f} | "
               f"{lat['search_p95']:.2f} | {lat['total_p50']:.2f} | {lat['total_p95']:.2f} | {lat['wall_p50']:.2f} | "
               f"{lat['wall_p95']:.2f} |", flush=True)
+
+    for spec in args.query_backends.split(","):
+        # "backend" or "backend@threads" (inference threads of the query embedder, e.g. torch@1)
+        backend, _, threads = spec.partition("@")
+        r_b = retriever
+        if backend != settings.embedding_backend or threads:
+            upd: dict[str, Any] = {"embedding_backend": backend}
+            if threads:
+                upd["embedding_threads"] = int(threads)
+            emb_b = Embedder.from_settings(settings.model_copy(update=upd))
+            if emb_b.backend != backend:
+                print(f"(backend {backend} unavailable: skipped)")
+                continue
+            r_b = Retriever(settings, db, store, emb_b)
+        # Timed right away: torch's thread count is process-wide, a later embedder would change it.
+        for mode in ("dense", "lexical", "hybrid"):
+            if spec == args.query_backends.split(",")[0] or mode != "lexical":
+                time_one(f"{mode} ({spec})", r_b, mode)
+
     report["load_avg_end"] = os.getloadavg()
     print(f"load average {os.getloadavg()}")
 
