@@ -74,7 +74,9 @@ class Settings(BaseSettings):
     )
     cross_encoder_model: str | None = None
     # Candidates each retriever contributes before fusion, filtering-aware (filters apply before this cut).
-    retrieval_candidates: int = Field(100, ge=1, le=2000)
+    retrieval_candidates: int = Field(50, ge=1, le=2000, description=(
+        "Candidates per retriever before fusion (SciFact: 50 vs 100 vs 300 within 0.001 nDCG@10 on the tuning "
+        "queries; fewer is faster)."))
     rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant: score = sum w / (rrf_k + rank).")
     dense_weight: float = Field(0.5, ge=0.0, description="Weight of the dense retriever in fusion.")
     lexical_weight: float = Field(0.5, ge=0.0, description="Weight of the lexical retriever in fusion.")
