@@ -12,10 +12,16 @@ Index types (inner product on normalised vectors = cosine):
   reconstruction and exact removal). Not wrapped in IndexIDMap2: IVF removal does not renumber internal ids,
   which silently corrupted an IDMap's id mapping (a test covers it).
 
-Choice by size (`choose_index_type`, measured by bench/index_scale.py on 1M clustered 384-d vectors, 2 cores):
-exact flat search costs ~0.1 ms per 1k vectors per query, so flat stays under ~5 ms p50 up to ~50k chunks;
-above the `index_auto_threshold` setting HNSW (M=32, efSearch=128) keeps p50 in the low milliseconds at
-1M vectors with recall@10 >= 0.95 against exact search.
+Choice by size (`choose_index_type`), measured by bench/index_scale.py (1,000,000 synthetic 384-d vectors, 200
+single queries, 2 shared cores under load 9-13, so absolute times are pessimistic):
+- flat: p50 0.9 ms at 10k, 2.2 ms at 20k, 20 ms at 50k, 223 ms at 1M vectors → exact search up to
+  `index_auto_threshold` (20k) chunks.
+- IVF (1,024 lists): build 54 s, p50 1.0 / 2.1 ms at nprobe 8 / 16 with recall@10 1.000 against exact search on
+  topic-structured data (1,000 topics x 50 sub-topics).
+- HNSW (M=32, efConstruction=40): build 920 s, p50 0.8 / 2.7 ms at efSearch 128 / 512 but recall@10 only
+  0.79 / 0.90 on the same data: with tight clusters a cheaply built graph links poorly between them.
+So 'auto' switches flat → IVF (nlist = 4*sqrt(n) capped at 1,024, nprobe 32: margin over the measured 16), and
+retrains the lists when the collection has grown enough to want twice as many (`ivf_needs_retrain`).
 
 Filtered search (`allowed_ids`): small allowed sets (<= SUBSET_EXACT_MAX) are scored exactly from the stored
 vectors (faster than a filtered graph walk, and exact); larger ones go through a faiss IDSelector.
@@ -40,6 +46,8 @@ TOMBSTONE_REBUILD_FRACTION = 0.2
 SUBSET_EXACT_MAX = 20_000
 IVF_TRAIN_PER_LIST = 64
 SINGLE_THREAD_MAX_QUERIES = 4
+IVF_MIN_VECTORS = 1000
+IVF_MAX_LISTS = 1024
 
 
 @dataclass
@@ -51,15 +59,24 @@ class IndexParams:
 
 
 def choose_index_type(requested: str, n_vectors: int, auto_threshold: int) -> str:
-    """'auto' keeps exact search while it is fast enough and switches to HNSW for large collections."""
+    """'auto' keeps exact search while it is fast enough and switches to IVF for large collections (and never
+    below IVF_MIN_VECTORS, too few to train on). See the module docstring for the measurements behind it."""
     if requested != "auto":
         return requested
-    return "hnsw" if n_vectors >= auto_threshold else "flat"
+    return "ivf" if n_vectors >= max(auto_threshold, IVF_MIN_VECTORS) else "flat"
 
 
 def _ivf_nlist(n: int) -> int:
-    # ~4*sqrt(n) lists, the faiss guideline, with at least 39 training points per list.
-    return max(1, min(int(4 * math.sqrt(max(n, 1))), n // 39 or 1))
+    # ~4*sqrt(n) lists (the faiss guideline), capped at IVF_MAX_LISTS (measured at 1M: 1,024 lists, nprobe 16-32),
+    # with at least 39 training points per list.
+    return max(1, min(int(4 * math.sqrt(max(n, 1))), IVF_MAX_LISTS, n // 39 or 1))
+
+
+def ivf_needs_retrain(index: "VectorIndex") -> bool:
+    """An IVF index trained when the collection was much smaller has too few lists for it now."""
+    if index.index_type != "ivf" or index._index is None:
+        return False
+    return _ivf_nlist(index.ntotal) >= 2 * int(index._index.nlist)
 
 
 def meta_path_for(path: Path) -> Path:

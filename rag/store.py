@@ -25,7 +25,7 @@ from rag.config import Settings
 from rag.db import repo
 from rag.db.models import Chunk, Collection, Document
 from rag.db.session import Database
-from rag.index import IndexParams, VectorIndex, choose_index_type, meta_path_for
+from rag.index import IVF_MIN_VECTORS, IndexParams, VectorIndex, choose_index_type, ivf_needs_retrain, meta_path_for
 from rag.lexical import LexicalIndex, Tokenizer, lexical_text
 
 
@@ -144,7 +144,7 @@ class IndexStore:
                 ids, vecs = repo.collection_vectors(s, coll.id, coll.embedding_dim)
             kind = choose_index_type(coll.index_type if coll.index_type != "auto" else self.settings.index_type,
                                      len(ids), self.settings.index_auto_threshold)
-            if kind == "ivf" and len(ids) < 1000:
+            if kind == "ivf" and len(ids) < IVF_MIN_VECTORS:
                 kind = "flat"  # too few points to train IVF; exact search is as fast at this size
             idx = VectorIndex.build(coll.embedding_dim, kind, ids, vecs, self.params)
             idx.save(self.path(coll.id), gen)
@@ -169,9 +169,10 @@ class IndexStore:
                 idx.add(add_ids, add_vecs)
             idx.generation = generation
             requested = coll.index_type if coll.index_type != "auto" else self.settings.index_type
-            if requested == "auto" and idx.index_type == "flat" and \
-                    choose_index_type("auto", idx.ntotal, self.settings.index_auto_threshold) != "flat":
-                # The collection grew past the size where exact search stays fast: switch to HNSW once.
+            if requested == "auto" and (ivf_needs_retrain(idx) or idx.index_type == "flat" and choose_index_type(
+                    "auto", idx.ntotal, self.settings.index_auto_threshold) != "flat"):
+                # The collection grew past the size where exact search stays fast (switch to IVF once), or far
+                # past the size its IVF lists were trained for (retrain).
                 self._rebuild_vectors(coll)
                 return
             if save:

@@ -72,7 +72,17 @@ def test_hnsw_tombstones_compact() -> None:
     assert not np.isin(found, ids[:300]).any()
 
 
-def test_choose_index_type() -> None:
+def test_choose_index_type_and_ivf_retrain() -> None:
+    from rag.index import ivf_needs_retrain
+
     assert choose_index_type("auto", 10_000, 200_000) == "flat"
-    assert choose_index_type("auto", 500_000, 200_000) == "hnsw"
+    assert choose_index_type("auto", 500_000, 200_000) == "ivf"
+    assert choose_index_type("auto", 500, 100) == "flat"  # too few to train IVF
     assert choose_index_type("ivf", 10, 200_000) == "ivf"
+    assert choose_index_type("hnsw", 10, 200_000) == "hnsw"
+    ids, x = _data(2000)
+    idx = VectorIndex.build(16, "ivf", ids[:1000], x[:1000])  # 25 lists
+    assert not ivf_needs_retrain(idx)
+    idx.add(ids[1000:], x[1000:])  # 2000 vectors would want 51 lists: retrain
+    assert ivf_needs_retrain(idx)
+    assert not ivf_needs_retrain(VectorIndex.build(16, "flat", ids, x))

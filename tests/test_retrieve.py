@@ -402,14 +402,19 @@ def test_lexical_index_sees_title_and_headings(make_ctx) -> None:  # type: ignor
     assert (hits[0].source, hits[0].ordinal) == ("zebra.txt", 1)  # "okapi" is only in the document title
 
 
-def test_auto_index_switches_to_hnsw_when_the_collection_grows(make_ctx) -> None:  # type: ignore[no-untyped-def]
+def test_auto_index_switches_to_ivf_when_the_collection_grows(make_ctx, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import rag.index
+    import rag.store
+
+    monkeypatch.setattr(rag.index, "IVF_MIN_VECTORS", 4)
+    monkeypatch.setattr(rag.store, "IVF_MIN_VECTORS", 4)
     c = make_ctx(index_type="auto", index_auto_threshold=6)
     add_documents(c, [{"source": f"{i}.txt", "chunks": [f"Note number {i} about topic {i % 3}."]} for i in range(4)])
     coll = coll_of(c)
     assert c.store.get(coll).index_type == "flat"
     add_documents(c, [{"source": f"b{i}.txt", "chunks": [f"Second batch note {i}."]} for i in range(4)])
     idx = c.store.get(coll)
-    assert idx.index_type == "hnsw" and idx.ntotal == 8
+    assert idx.index_type == "ivf" and idx.ntotal == 8
     hits = c.retriever.search("second batch note 2", collection=COLL, k=3, mode="dense").hits
     assert hits[0].source == "b2.txt"
     assert c.store.check(coll).ok
