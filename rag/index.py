@@ -309,6 +309,10 @@ class VectorIndex:
                 if nq <= SINGLE_THREAD_MAX_QUERIES:
                     faiss.omp_set_num_threads(prev)
             scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
+            if allowed_ids is not None and self.index_type != "flat" and (ids < 0).any():
+                # An approximate index probed too little of a selective filter's chunks: when fewer than k came
+                # back, score the allowed set exactly, so a filtered search returns k hits whenever k exist.
+                return self._score_subset(queries, allowed, k)
             return scores, ids
         return empty  # pragma: no cover
 
