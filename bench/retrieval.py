@@ -108,7 +108,7 @@ def chunk_corpus(corpus: list[dict], embedder: Embedder) -> tuple[list[dict], li
 
 def embed_cached(name: str, texts: list[str], embedder: Embedder) -> np.ndarray:
     key = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
-    path = RESULTS / f"{name}_{key}.npy"
+    path = RESULTS / f"{name}_{embedder.backend}_{key}.npy"
     if path.exists():
         return np.load(path)
     t = time.perf_counter()
@@ -309,6 +309,8 @@ def main() -> None:
     ap.add_argument("--latency-queries", type=int, default=300)
     ap.add_argument("--lexical-compare", action="store_true", help="also compare with bm25s (build/query time)")
     ap.add_argument("--quick", action="store_true", help="smaller parameter sweeps")
+    ap.add_argument("--backend", default="torch", help="embedding backend for the corpus and the quality runs "
+                    "(the figures in rag/retrieve.py were measured with torch)")
     ap.add_argument("--latency-only", action="store_true",
                     help="only time queries, on the collection a previous run left in bench/results/scifact")
     ap.add_argument("--query-backends", default="torch",
@@ -320,7 +322,7 @@ def main() -> None:
     tune, held = split_queries(qids)
     print(f"SciFact: {len(corpus)} documents, {len(qids)} train queries with qrels "
           f"(tune {len(tune)}, held-out {len(held)})", flush=True)
-    settings = Settings(data_dir=WORK, index_type="flat")
+    settings = Settings(data_dir=WORK, index_type="flat", embedding_backend=args.backend)
     embedder = Embedder.from_settings(settings)
     report: dict[str, Any] = {"documents": len(corpus), "queries": len(qids), "tune": len(tune), "held": len(held),
                               "load_avg": os.getloadavg(), "configs": {}}
