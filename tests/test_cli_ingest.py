@@ -89,10 +89,11 @@ def test_kill_9_mid_ingest_then_doctor(shared_data: Path, tmp_path: Path) -> Non
     p = subprocess.Popen([sys.executable, "-m", "rag.cli", "ingest", str(src), "-q"], cwd=REPO, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     db = data / "ctxqa.db"
-    deadline = time.time() + 240
+    deadline = time.time() + 900  # generous: a loaded 2-core machine ingests slowly
     import sqlite3
 
     # Kill once some documents are committed (the process is then somewhere inside the run).
+    n_at_kill = 0
     while time.time() < deadline and p.poll() is None:
         time.sleep(0.5)
         if db.exists():
@@ -101,7 +102,8 @@ def test_kill_9_mid_ingest_then_doctor(shared_data: Path, tmp_path: Path) -> Non
                     n = c.execute("select count(*) from documents where status='ingested'").fetchone()[0]
             except sqlite3.Error:
                 continue
-            if n >= 15:
+            if n >= 8:
+                n_at_kill = n
                 break
     assert p.poll() is None, "ingest finished before it could be killed; use a bigger corpus"
     p.send_signal(signal.SIGKILL)
@@ -122,11 +124,11 @@ def test_kill_9_mid_ingest_then_doctor(shared_data: Path, tmp_path: Path) -> Non
         ids = {r[0] for r in c.execute("select c.id from chunks c join documents d on d.id=c.document_id "
                                        "where d.status='ingested'")}
         n_docs = c.execute("select count(*) from documents where status='ingested'").fetchone()[0]
-    assert n_docs >= 15 and ids
+    assert n_at_kill >= 8 and n_docs >= n_at_kill and ids  # nothing committed before the kill was lost
     idx = faiss.read_index(str(next((data / "index").glob("*.faiss"))))
     in_index = set(faiss.vector_to_array(idx.id_map).astype(np.int64).tolist())
     assert ids <= in_index
     # And a re-run finishes the job, skipping what was committed.
     r = run(["ingest", str(src), "--json"], data, timeout=900)
     summary = json.loads(r.stdout)["summary"]
-    assert summary["unchanged"] >= 15 and summary["failed"] == 0
+    assert summary["unchanged"] >= n_at_kill and summary["failed"] == 0
