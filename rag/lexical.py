@@ -296,8 +296,17 @@ class LexicalIndex:
                ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, chunk ids), best first; only chunks sharing a term with the query are returned.
         `allowed_ids` restricts the candidates before the top-k cut."""
+        scores, ids, _ = self.search_scores(query, k, allowed_ids)
+        return scores, ids
+
+    def search_scores(self, query: str, k: int, allowed_ids: np.ndarray | Sequence[int] | None = None,
+                      also: np.ndarray | Sequence[int] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`search`, plus the BM25 score of each chunk id in `also` (0 when it shares no term with the query or
+        is not indexed), computed in the same pass: hybrid fusion scores the dense candidates exactly."""
         terms = list(dict.fromkeys(self.tokenizer(query)))
-        empty = (np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64))
+        n_also = 0 if also is None else len(also)
+        empty = (np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64), np.zeros(n_also, dtype=np.float32))
         with self._lock:
             n_live = len(self._row_of)
             if k <= 0 or not terms or not n_live:
@@ -329,19 +338,27 @@ class LexicalIndex:
                 uniq, inv = np.unique(rows, return_inverse=True)
                 scores = np.bincount(inv, weights=scores).astype(np.float32)
                 rows = uniq
+            also_scores = empty[2]
+            if n_also:
+                m_ids = self._row_ids.view[rows]
+                order = np.argsort(m_ids)
+                m_sorted, s_sorted = m_ids[order], scores[order]
+                want = np.asarray(also, dtype=np.int64)
+                pos = np.clip(np.searchsorted(m_sorted, want), 0, len(m_sorted) - 1)
+                also_scores = np.where(m_sorted[pos] == want, s_sorted[pos], 0.0).astype(np.float32)
             if allowed_ids is not None:
                 allowed_rows = self._rows_of(np.asarray(allowed_ids, dtype=np.int64))
                 keep = np.isin(rows, allowed_rows)
                 rows, scores = rows[keep], scores[keep]
                 if not len(rows):
-                    return empty
+                    return empty[0], empty[1], also_scores
             if len(rows) > k:
                 part = np.argpartition(-scores, k - 1)[:k]
                 rows, scores = rows[part], scores[part]
             # Best first; ties by chunk id so results are deterministic.
             cids = self._row_ids.view[rows]
             order = np.lexsort((cids, -scores))
-            return scores[order].astype(np.float32), cids[order].astype(np.int64)
+            return scores[order].astype(np.float32), cids[order].astype(np.int64), also_scores
 
     # -- persistence ---------------------------------------------------------------------------------------
     def meta(self) -> dict:

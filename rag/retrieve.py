@@ -373,10 +373,14 @@ class Retriever:
             ok = (ids[0] >= 0) & np.isfinite(sc[0])
             lists["dense"] = Candidates(ids[0][ok], sc[0][ok])
             timings["dense"] = timings.get("dense", 0.0) + time.perf_counter() - t
+        dense_lex: dict[int, float] = {}
         if mode in ("lexical", "hybrid"):
             t = time.perf_counter()
-            sc, ids = lindex.search(query, n_cand, allowed_ids=allowed)
+            also = lists["dense"].ids if "dense" in lists and fusion == "weighted" else None
+            sc, ids, also_sc = lindex.search_scores(query, n_cand, allowed_ids=allowed, also=also)
             lists["lexical"] = Candidates(ids, sc)
+            if also is not None:
+                dense_lex = dict(zip(also.tolist(), also_sc.tolist()))
             timings["lexical"] = timings.get("lexical", 0.0) + time.perf_counter() - t
 
         t = time.perf_counter()
@@ -393,12 +397,10 @@ class Retriever:
             for cid, v, c in zip(found.tolist(), vecs, cos.tolist()):
                 vectors[cid] = v
                 evidence[cid]["dense"] = float(c)
-        if mode == "hybrid" and fusion == "weighted" and len(union):
-            missing = [cid for cid in evidence if "lexical" not in evidence[cid]]
-            if missing:
-                sc, ids = lindex.search(query, len(missing), allowed_ids=np.asarray(missing, dtype=np.int64))
-                for cid, score in zip(ids.tolist(), sc.tolist()):
-                    evidence[cid]["lexical"] = float(score)
+        if mode == "hybrid" and fusion == "weighted":
+            for cid, ev in evidence.items():  # dense candidates' BM25, computed in the lexical pass
+                if "lexical" not in ev:
+                    ev["lexical"] = float(dense_lex.get(cid, 0.0))
         timings["fuse"] = timings.get("fuse", 0.0) + time.perf_counter() - t
         return lists, evidence, vectors
 

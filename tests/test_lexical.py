@@ -131,3 +131,13 @@ def test_lexical_text_adds_title_and_headings_once() -> None:
     assert lexical_text("Guide\n\nbody", "Guide", []) == "Guide\n\nbody"  # first chunk already starts with it
     assert lexical_text("body", None, ["Guide", "Guide"]) == "Guide\nbody"
     assert lexical_text("body", "", ()) == "body"
+
+
+def test_search_scores_returns_scores_of_requested_ids() -> None:
+    idx = LexicalIndex.build(range(len(DOCS)), DOCS)
+    full = _all_scores(idx, "lazy dog fox")
+    scores, ids, also = idx.search_scores("lazy dog fox", k=1, also=np.array([7, 3, 2, 99]))
+    assert len(ids) == 1
+    assert also.tolist() == pytest.approx([full[7], 0.0, full[2], 0.0])
+    _, ids, also = idx.search_scores("lazy dog fox", k=3, allowed_ids=np.array([3]), also=np.array([0]))
+    assert ids.tolist() == [] and also.tolist() == pytest.approx([full[0]])
