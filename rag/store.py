@@ -218,13 +218,19 @@ class IndexStore:
                 p.unlink(missing_ok=True)
 
     def check(self, coll: Collection) -> IndexCheck:
-        """Compare the saved index file with the database, without repairing (`ctxqa doctor`)."""
+        """Compare the saved vector index file with the database, without repairing (`ctxqa doctor`)."""
+        return self._check(coll, self.path(coll.id), VectorIndex.load(self.path(coll.id), self.params))
+
+    def check_lexical(self, coll: Collection) -> IndexCheck:
+        """Compare the saved BM25 index file with the database, without repairing (`ctxqa doctor`)."""
+        return self._check(coll, self.lexical_path(coll.id), self._load_lexical(coll.id))
+
+    def _check(self, coll: Collection, path: Path, loaded: VectorIndex | LexicalIndex | None) -> IndexCheck:
         with self.db.session() as s:
             gen = s.scalar(select(Collection.generation).where(Collection.id == coll.id)) or 0
             db_ids = repo.collection_chunk_ids(s, coll.id)
-        loaded = VectorIndex.load(self.path(coll.id), self.params)
         if loaded is None:
-            if not len(db_ids) and not self.path(coll.id).exists():
+            if not len(db_ids) and not path.exists():
                 return IndexCheck(coll.name, 0, 0, gen, gen)  # nothing ingested yet: nothing to index
             return IndexCheck(coll.name, len(db_ids), 0, gen, None, missing_in_index=db_ids.tolist()[:50],
                               file_ok=False)
@@ -234,26 +240,6 @@ class IndexStore:
             missing_in_index=np.setdiff1d(db_ids, idx_ids).tolist()[:50],
             stale_in_index=np.setdiff1d(idx_ids, db_ids).tolist()[:50],
         )
-
-    def check_lexical(self, coll: Collection) -> IndexCheck:
-        """Compare the saved BM25 index file with the database, without repairing (`ctxqa doctor`)."""
-        with self.db.session() as s:
-            gen = s.scalar(select(Collection.generation).where(Collection.id == coll.id)) or 0
-            db_ids = repo.collection_chunk_ids(s, coll.id)
-        path = self.lexical_path(coll.id)
-        loaded = self._load_lexical(coll.id)
-        if loaded is None:
-            if not len(db_ids) and not path.exists():
-                return IndexCheck(coll.name, 0, 0, gen, gen)
-            return IndexCheck(coll.name, len(db_ids), 0, gen, None, missing_in_index=db_ids.tolist()[:50],
-                              file_ok=False)
-        idx_ids = loaded.ids()
-        return IndexCheck(
-            coll.name, len(db_ids), len(idx_ids), gen, loaded.generation,
-            missing_in_index=np.setdiff1d(db_ids, idx_ids).tolist()[:50],
-            stale_in_index=np.setdiff1d(idx_ids, db_ids).tolist()[:50],
-        )
-
 
 _LEX_COLUMNS = (Chunk.id, Chunk.text, Chunk.heading_path, Document.title)
 
