@@ -148,12 +148,14 @@ def main() -> None:
     ref = None
     vecs: dict[str, np.ndarray] = {}
     times: dict[str, list[float]] = {v: [] for v in runs}
+    cpu: dict[str, list[float]] = {v: [] for v in runs}
     load0 = os.getloadavg()[0]
     for r in range(args.rounds):
         for v, fn in runs.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             out = fn(sample)
             times[v].append(time.perf_counter() - t)
+            cpu[v].append(time.process_time() - c)
             if r == 0:
                 vecs[v] = out
         print(f"round {r + 1}/{args.rounds} done (load average {os.getloadavg()[0]:.1f})", flush=True)
@@ -166,14 +168,16 @@ def main() -> None:
         cos = (vecs[v] * ref).sum(1)
         rows.append({"variant": v, "best_s": best, "median_s": med, "chunks_per_s": len(sample) / best,
                      "chunks_per_s_median": len(sample) / med, "tokens_per_s": n_tokens / best,
-                     "speedup_vs_" + ref_name: best_ref / best, "cos_mean": float(cos.mean()),
+                     "speedup_vs_" + ref_name: best_ref / best, "cpu_s": min(cpu[v]),
+                     "cpu_speedup_vs_" + ref_name: min(cpu[ref_name]) / min(cpu[v]), "cos_mean": float(cos.mean()),
                      "cos_min": float(cos.min())})
-    print(f"\n| variant | chunks/s (best) | chunks/s (median) | word pieces/s | x {ref_name} | cosine to {ref_name} "
-          f"mean / min |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print(f"\n| variant | chunks/s (best) | chunks/s (median) | word pieces/s | x {ref_name} (wall) | CPU s | "
+          f"x {ref_name} (CPU) | cosine to {ref_name} mean / min |")
+    print("| --- " * 8 + "|")
     for r in rows:
         print(f"| {r['variant']} | {r['chunks_per_s']:.1f} | {r['chunks_per_s_median']:.1f} | {r['tokens_per_s']:.0f} | "
-              f"{r['speedup_vs_' + ref_name]:.2f} | {r['cos_mean']:.4f} / {r['cos_min']:.4f} |")
+              f"{r['speedup_vs_' + ref_name]:.2f} | {r['cpu_s']:.1f} | {r['cpu_speedup_vs_' + ref_name]:.2f} | "
+              f"{r['cos_mean']:.4f} / {r['cos_min']:.4f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"sample_chunks": len(sample), "tokens": n_tokens, "chars": chars,
                                     "threads": args.threads, "load_average_start": load0,

@@ -11,7 +11,8 @@ Backends (`Settings.embedding_backend`):
   `embedding_batch_tokens` padded tokens (and `embedding_batch_size` texts), so short chunks go in big batches,
   long ones in small ones, and padding stays near zero. Sorting by (length, text) makes the batches a function
   of the set of texts, not of their order: the same input in any order gives bit-identical vectors (this matters
-  for int8, whose activation scales are per batch).
+  for int8, whose activation scales are per batch). "onnx-int8" runs calls of at most `small_call_texts` texts
+  (queries) on the fp32 graph: int8 for the bulk where speed matters, full precision where it does not.
 If the ONNX model cannot be exported or loaded (onnx/onnxruntime missing, unsupported architecture), the embedder
 logs a warning and falls back to "torch": same vectors, just slower. `Embedder.backend` says which one runs.
 """
