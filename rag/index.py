@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -40,6 +38,8 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+
+from rag.files import atomic_write
 
 INDEX_TYPES = ("flat", "hnsw", "ivf")
 TOMBSTONE_REBUILD_FRACTION = 0.2
@@ -82,26 +82,6 @@ def ivf_needs_retrain(index: "VectorIndex") -> bool:
 def meta_path_for(path: Path) -> Path:
     """The stamp file beside an index file (`collection-1.faiss` → `collection-1.faiss.json`)."""
     return path.with_name(path.name + ".json")
-
-
-def _fsync_write(path: Path, data: bytes) -> None:
-    """Write atomically: temp file in the same directory, fsync, rename, fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class VectorIndex:
@@ -350,10 +330,10 @@ class VectorIndex:
         when meta's checksum-free fields (generation, ntotal) agree with the loaded index."""
         with self._lock:
             data = faiss.serialize_index(self._index).tobytes() if self._index is not None else b""
-            _fsync_write(path, data)
+            atomic_write(path, data)
             meta = {"generation": generation, "ntotal": 0 if self._index is None else int(self._index.ntotal),
                     "dim": self.dim, "index_type": self.index_type, "tombstones": sorted(self.tombstones)}
-            _fsync_write(meta_path_for(path), json.dumps(meta).encode())
+            atomic_write(meta_path_for(path), json.dumps(meta).encode())
             self.generation = generation
 
     @classmethod

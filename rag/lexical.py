@@ -45,7 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rag.index import _fsync_write, meta_path_for
+from rag.files import atomic_write
+from rag.index import meta_path_for
 
 DEAD_COMPACT_FRACTION = 0.2
 FORMAT_VERSION = 2  # 2: indexed text carries title and headings
@@ -371,9 +372,9 @@ class LexicalIndex:
             buf = io.BytesIO()
             np.savez(buf, indptr=self._indptr, rows=self._p_rows, tf=self._p_tf, row_ids=self._row_ids.view,
                      row_len=self._row_len.view, vocab=np.array("\n".join(self.vocab)))
-            _fsync_write(path, buf.getvalue())
+            atomic_write(path, buf.getvalue())
             meta = {**self.meta(), "generation": generation, "ntotal": self.ntotal}
-            _fsync_write(meta_path_for(path), json.dumps(meta).encode())
+            atomic_write(meta_path_for(path), json.dumps(meta).encode())
             self.generation = generation
 
     @classmethod

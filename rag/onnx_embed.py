@@ -32,6 +32,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from rag.files import atomic_write
+
 log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "int8"]
@@ -99,20 +101,8 @@ def fingerprint(model_dir: Path, cache_dir: Path) -> str:
     for p in _model_files(model_dir):
         h.update(f"{p.relative_to(model_dir)}={_file_sha256(p, memo)};".encode())
     if memo != before:
-        _atomic_write_bytes(memo_path, json.dumps(memo, indent=0).encode())
+        atomic_write(memo_path, json.dumps(memo, indent=0).encode())
     return h.hexdigest()[:20]
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def pooling_mode(model_dir: Path) -> str:
