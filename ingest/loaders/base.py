@@ -9,7 +9,8 @@ from __future__ import annotations
 import codecs
 import datetime as _dt
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +55,11 @@ class LoadError(Exception):
         return (type(self), (self.path, self.reason, self.detail, self.hint))
 
 
-def read_bytes(path: Path) -> bytes:
-    """Read a whole file, mapping OS errors to LoadError (missing / unreadable)."""
+@contextmanager
+def _os_errors(path: Path) -> Iterator[None]:
+    """Map OS errors while touching `path` to LoadError (missing / unreadable)."""
     try:
-        return path.read_bytes()
+        yield
     except FileNotFoundError:
         raise LoadError(path, "missing", f"no such file: {path}") from None
     except IsADirectoryError:
@@ -66,21 +68,18 @@ def read_bytes(path: Path) -> bytes:
         raise LoadError(path, "unreadable", f"permission denied reading {path}") from None
     except OSError as e:
         raise LoadError(path, "unreadable", f"cannot read {path}: {e.strerror or e}") from None
+
+
+def read_bytes(path: Path) -> bytes:
+    """Read a whole file, mapping OS errors to LoadError (missing / unreadable)."""
+    with _os_errors(path):
+        return path.read_bytes()
 
 
 def check_readable(path: Path) -> None:
     """Same errors as read_bytes without reading the file (for loaders that open it themselves)."""
-    try:
-        with open(path, "rb") as f:
-            f.read(1)
-    except FileNotFoundError:
-        raise LoadError(path, "missing", f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise LoadError(path, "unreadable", f"{path} is a directory, not a file") from None
-    except PermissionError:
-        raise LoadError(path, "unreadable", f"permission denied reading {path}") from None
-    except OSError as e:
-        raise LoadError(path, "unreadable", f"cannot read {path}: {e.strerror or e}") from None
+    with _os_errors(path), open(path, "rb") as f:
+        f.read(1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
