@@ -55,6 +55,11 @@ _PROBES = [
 ]
 
 
+def probe_texts() -> list[str]:
+    """Texts every exported or compiled graph is checked on (short, long, prose, numbers, code)."""
+    return list(_PROBES)
+
+
 class OnnxExportError(RuntimeError):
     pass
 

@@ -1,4 +1,5 @@
-"""The embedding backends: ONNX (fp32, int8) against the torch reference, batching, windows, export cache.
+"""The embedding backends: ONNX (fp32, int8) and OpenVINO against the torch reference, batching, windows, export
+cache, the "auto" choice.
 
 The ONNX model is exported once per test session into a temporary cache (the real export path: torch.onnx, the
 ONNX Runtime optimiser, dynamic int8 quantisation, the probe check), so these tests also prove a fresh machine can
@@ -51,6 +52,14 @@ def onnx_int8(onnx_cache: Path) -> Embedder:
 def onnx_fp32(onnx_cache: Path, onnx_int8: Embedder) -> Embedder:  # after int8: reuses its fp32 export
     e = Embedder(backend="onnx", cache_dir=onnx_cache, batch_tokens=2048)
     assert e.backend == "onnx"
+    return e
+
+
+@pytest.fixture(scope="session")
+def openvino(onnx_cache: Path, onnx_int8: Embedder) -> Embedder:  # after int8: runs the cached fp32 export
+    pytest.importorskip("openvino")
+    e = Embedder(backend="openvino", cache_dir=onnx_cache, batch_tokens=2048)
+    assert e.backend == "openvino", "OpenVINO failed to start (see the warning in the log)"
     return e
 
 
@@ -113,7 +122,68 @@ def test_int8_small_calls_run_at_full_precision(embedder: Embedder, onnx_fp32: E
     assert _cos(bulk, small).min() > 0.95
 
 
-@pytest.mark.parametrize("which", ["onnx_fp32", "onnx_int8"])
+def test_openvino_close_to_torch(embedder: Embedder, openvino: Embedder, real_texts: list[str]) -> None:
+    """bf16 (where the CPU has it) keeps ~3 significant digits per activation: vectors stay far closer to fp32
+    than int8's; f32 elsewhere is exact to rounding."""
+    from rag.openvino_embed import bf16_capable
+
+    ref = embedder.encode(real_texts)
+    cos = _cos(openvino.encode(real_texts), ref)
+    assert openvino._onnx.precision == ("bf16" if bf16_capable() else "f32")
+    assert cos.min() > (0.998 if openvino._onnx.precision == "bf16" else 0.9999)
+    for q in ["ok", "What is FastAPI?"]:  # queries run on the same graph
+        assert float(openvino.encode_query(q) @ embedder.encode_query(q)) > 0.998
+
+
+def test_openvino_verdict_is_memoised(onnx_cache: Path, openvino: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from rag import openvino_embed
+
+    memo = json.loads(next(onnx_cache.glob("onnx/*/openvino-verified.json")).read_text())
+    assert [k.endswith(f"|{openvino._onnx.precision}") for k in memo] == [True]
+    assert min(memo.values()) > 0.998
+
+    def boom(*a, **k):  # type: ignore[no-untyped-def]
+        raise AssertionError("re-verified although the verdict is memoised")
+
+    monkeypatch.setattr(openvino_embed, "verify", boom)
+    again = Embedder(backend="openvino", cache_dir=onnx_cache)
+    assert again.backend == "openvino"
+    assert np.array_equal(again.encode(TEXTS), openvino.encode(TEXTS))
+
+
+def test_a_bad_openvino_graph_falls_back_to_onnx_int8(tmp_path: Path, onnx_cache: Path, openvino: Embedder,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A compiled graph that does not reproduce ONNX Runtime's fp32 vectors (a plugin bug) is refused: the
+    embedder warns and runs ONNX Runtime int8, and nothing is memoised as verified."""
+    import shutil
+
+    from rag import openvino_embed
+
+    cache = tmp_path / "cache"
+    shutil.copytree(onnx_cache, cache)
+    for memo in cache.glob("onnx/*/openvino-verified.json"):
+        memo.unlink()
+    monkeypatch.setitem(openvino_embed.MIN_COSINE, openvino._onnx.precision, 1.5)
+    with caplog.at_level(logging.WARNING, logger="rag.embed"):
+        e = Embedder(backend="openvino", cache_dir=cache)
+    assert e.backend == "onnx-int8" and e.requested_backend == "openvino"
+    assert "does not reproduce the fp32 vectors" in caplog.text
+    assert not list(cache.glob("onnx/*/openvino-verified.json"))
+
+
+def test_auto_picks_openvino_where_bf16_is_native(onnx_cache: Path, openvino: Embedder) -> None:
+    from rag.openvino_embed import bf16_capable
+
+    e = Embedder(backend="auto", cache_dir=onnx_cache)
+    assert e.requested_backend == "auto"
+    assert e.backend == ("openvino" if bf16_capable() else "onnx-int8")
+    assert Settings().embedding_backend == "auto"
+
+
+@pytest.mark.parametrize("which", ["onnx_fp32", "onnx_int8", "openvino"])
 def test_shape_dtype_normalisation(which: str, request: pytest.FixtureRequest) -> None:
     e: Embedder = request.getfixturevalue(which)
     v = e.encode(TEXTS)
@@ -127,7 +197,7 @@ def test_shape_dtype_normalisation(which: str, request: pytest.FixtureRequest) -
     assert _cos(v[:1], v[1:2])[0] < 0.9
 
 
-@pytest.mark.parametrize("which", ["onnx_fp32", "onnx_int8"])
+@pytest.mark.parametrize("which", ["onnx_fp32", "onnx_int8", "openvino"])
 def test_order_does_not_change_vectors(which: str, request: pytest.FixtureRequest, real_texts: list[str]) -> None:
     """Batches depend on the set of texts, not their order: a permuted input gives bit-identical vectors (int8
     activation scales are per batch, so this only holds because the batching is canonical)."""
