@@ -91,7 +91,7 @@ def run_one(corpus: str, backend: str, threads: int | None, profile: bool, alone
         emb = ctx.embedder
         ingestor = ctx.ingestor
         load_s = time.perf_counter() - t
-        if emb.backend != backend:
+        if backend != "auto" and emb.backend != backend:
             raise SystemExit(f"backend {backend} unavailable here (fell back to {emb.backend})")
         rss_loaded = _rss_mb()
         prof = None
@@ -130,7 +130,7 @@ def run_one(corpus: str, backend: str, threads: int | None, profile: bool, alone
     pages = sum((r.pages or 1) for r in report.results if r.status in ("added", "updated"))
     tm = {k: round(v, 3) for k, v in report.timings.items()}
     row = {
-        "corpus": corpus, "backend": backend, "threads": threads or os.cpu_count(),
+        "corpus": corpus, "backend": backend if emb.backend == backend else f"{backend}: {emb.backend}", "threads": threads or os.cpu_count(),
         "files": files, "failed": report.count("failed"), "skipped": report.count("skipped"),
         "pages": pages, "pdf_pages": pdf_pages, "chunks": report.chunks, "chunks_embedded": report.chunks_embedded,
         "model_load_s": round(load_s, 2), "wall_s": round(wall, 2),

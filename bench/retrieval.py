@@ -4,12 +4,13 @@
 
 What it does
 1. Builds a ctxqa collection in a fresh SQLite database (bench/results/scifact/): one Document per abstract
-   (text = title + blank line + abstract), chunked by ctxqa's chunker (ingest/chunk.py, 200 word pieces, 32
-   overlap), Chunk rows with embeddings from the bundled MiniLM embedder (cached in bench/results/*.npy), then
-   `IndexStore.rebuild` builds the faiss and BM25 indexes exactly as `ctxqa reindex` does.
+   (text = title + blank line + abstract), chunked by ctxqa's chunker (ingest/chunk.py, Settings' chunk size and
+   overlap), Chunk rows with embeddings of `embedding_text` (chunk under its title, as ingestion embeds it) from
+   the bundled MiniLM embedder on the default backend (cached in bench/results/*.npy), then `IndexStore` builds
+   the faiss and BM25 indexes (lexical windows included) exactly as `ctxqa reindex` does.
 2. Splits the train queries deterministically into a tuning part (30 %) and a held-out part (70 %). Every
-   parameter chosen here (BM25 k1/b, RRF k and weights, weighted-fusion weights) is chosen on the tuning part
-   only; the held-out numbers are what the defaults are judged by. All-query numbers are reported too.
+   parameter chosen here (BM25 k1/b, lexical window, RRF k and weights, weighted-fusion weights) is chosen on
+   the tuning part only; the held-out numbers are what the defaults are judged by. All-query numbers are reported too.
 3. Scores each configuration with the standard BEIR measures (as pytrec_eval computes them: linear gain graded
    nDCG@10, Recall@10, Recall@100, MRR@10). A document's rank is that of its best chunk (max-pooling).
    The ranking goes through the same functions `Retriever.search` uses (fuse_rrf / fuse_weighted over the
@@ -41,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from rag.chunk_text import embedding_text  # noqa: E402
 from rag.config import Settings  # noqa: E402
 from rag.db import repo  # noqa: E402
 from rag.db.models import Chunk, Document  # noqa: E402
@@ -53,7 +55,7 @@ from rag.store import IndexStore, _collection_texts  # noqa: E402
 DATA = Path(os.environ.get("CTXQA_SHARED", ROOT.parent / "shared")) / "data" / "eval" / "scifact"
 RESULTS = ROOT / "bench" / "results"
 WORK = RESULTS / "scifact"
-CHUNK_SIZE, CHUNK_OVERLAP = 200, 32
+CHUNK_SIZE, CHUNK_OVERLAP = Settings().chunk_size, Settings().chunk_overlap
 DEPTH = 300  # candidates per retriever for evaluation (Recall@100 needs > 100 distinct documents)
 
 
@@ -88,7 +90,9 @@ def split_queries(qids: list[str], tune_fraction: float = 0.3) -> tuple[list[str
 
 
 def chunk_corpus(corpus: list[dict], embedder: Embedder) -> tuple[list[dict], list[Any]]:
+    RESULTS.mkdir(parents=True, exist_ok=True)
     """Chunk specs per document with ctxqa's chunker (cached)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
     cache = RESULTS / f"scifact_chunks_{CHUNK_SIZE}_{CHUNK_OVERLAP}.json"
     if cache.exists():
         data = json.loads(cache.read_text())
@@ -309,11 +313,11 @@ def main() -> None:
     ap.add_argument("--latency-queries", type=int, default=300)
     ap.add_argument("--lexical-compare", action="store_true", help="also compare with bm25s (build/query time)")
     ap.add_argument("--quick", action="store_true", help="smaller parameter sweeps")
-    ap.add_argument("--backend", default="torch", help="embedding backend for the corpus and the quality runs "
-                    "(the figures in rag/retrieve.py were measured with torch)")
+    ap.add_argument("--backend", default=Settings().embedding_backend,
+                    help="embedding backend for the corpus and the quality runs (default: the Settings default)")
     ap.add_argument("--latency-only", action="store_true",
                     help="only time queries, on the collection a previous run left in bench/results/scifact")
-    ap.add_argument("--query-backends", default="torch",
+    ap.add_argument("--query-backends", default=Settings().embedding_backend,
                     help="embedding backends to time query latency with, comma-separated (torch,onnx,onnx-int8)")
     args = ap.parse_args()
 
@@ -324,6 +328,9 @@ def main() -> None:
           f"(tune {len(tune)}, held-out {len(held)})", flush=True)
     settings = Settings(data_dir=WORK, index_type="flat", embedding_backend=args.backend)
     embedder = Embedder.from_settings(settings)
+    print(f"embedding backend {args.backend} -> {embedder.backend}; chunks {CHUNK_SIZE}/{CHUNK_OVERLAP}; lexical "
+          f"window {settings.lexical_window}; fusion {settings.fusion} "
+          f"{settings.dense_weight}/{settings.lexical_weight}", flush=True)
     report: dict[str, Any] = {"documents": len(corpus), "queries": len(qids), "tune": len(tune), "held": len(held),
                               "load_avg": os.getloadavg(), "configs": {}}
     if args.latency_only:
@@ -333,7 +340,9 @@ def main() -> None:
         (RESULTS / "retrieval_latency.json").write_text(json.dumps(report, indent=2))
         return
     corpus, chunks = chunk_corpus(corpus, embedder)
-    texts = [c[0] for specs in chunks for c in specs]
+    texts = [embedding_text(c[0], d.get("title") or None, (), count_tokens=embedder.count_tokens,
+                            max_tokens=embedder.max_tokens, text_tokens=c[3])
+             for d, specs in zip(corpus, chunks) for c in specs]
     ntok = [c[3] for specs in chunks for c in specs]
     print(f"chunks: {len(texts)} (max {max(ntok)} word pieces, {sum(len(s) > 1 for s in chunks)} documents "
           f"split in several chunks)", flush=True)
@@ -363,7 +372,8 @@ def main() -> None:
     ids_all, texts_all = list(doc_of), None
     if grid:
         with db.session() as s:
-            ids_all, texts_all = _collection_texts(s, coll.id)  # what the store indexes (title + headings + text)
+            # what the store indexes (title + headings + the chunk in its window)
+            ids_all, texts_all = _collection_texts(s, coll.id, settings.lexical_window)
         for k1, b in grid:
             lx = LexicalIndex.build(ids_all, texts_all, k1=k1, b=b)
             runs = {q: docs_ranking(lx.search(queries[q], DEPTH)[1].tolist(), doc_of) for q in tune}
@@ -395,7 +405,9 @@ def main() -> None:
         if best_w is None or sc > best_w[0] + 1e-9:
             best_w = (sc, wd)
     assert best_w is not None
-    record("hybrid weighted 0.5/0.5 (min-max)", runner.run_weighted(0.5, 0.5, cache), {"w": [0.5, 0.5]})
+    wd0, wl0 = settings.dense_weight, settings.lexical_weight
+    record(f"hybrid weighted {wd0}/{wl0} (min-max, the default)", runner.run_weighted(wd0, wl0, cache),
+           {"w": [wd0, wl0]})
     record(f"hybrid weighted tuned ({best_w[1]:.1f}/{1 - best_w[1]:.1f})",
            runner.run_weighted(best_w[1], 1.0 - best_w[1], cache), {"w": [best_w[1], 1 - best_w[1]]})
 
@@ -407,6 +419,20 @@ def main() -> None:
         record(f"lexical (BM25 k1={best_bm25[0]}, b={best_bm25[1]})", runner.run_single("lexical"))
         record(f"hybrid RRF tuned + tuned BM25", runner.run_rrf(rk, wd, wl))
         record(f"hybrid weighted tuned + tuned BM25", runner.run_weighted(best_w[1], 1.0 - best_w[1], {}))
+        runner.relex(lindex)
+        runner.lindex = lindex
+
+    # Lexical window sweep (the chunk's neighbours each side in its BM25 text), default BM25 and fusion weights.
+    if not args.quick:
+        for window in sorted({0, 1, 2, 3} - {settings.lexical_window}):
+            with db.session() as s:
+                ids_w, texts_w = _collection_texts(s, coll.id, window)
+            lx = LexicalIndex.build(ids_w, texts_w, k1=settings.bm25_k1, b=settings.bm25_b, window=window)
+            runner.relex(lx)
+            runner.lindex = lx
+            record(f"lexical, window {window}", runner.run_single("lexical"), {"window": window})
+            record(f"hybrid weighted {wd0}/{wl0}, lexical window {window}", runner.run_weighted(wd0, wl0, {}),
+                   {"window": window})
         runner.relex(lindex)
         runner.lindex = lindex
 

@@ -26,6 +26,7 @@ from sqlalchemy import select
 from ingest.chunk import chunk as chunk_document
 from ingest.discover import SIDECAR_SUFFIX, Found, Problem, discover
 from ingest.loaders import SUPPORTED_SUFFIXES, LoadError, load
+from rag.chunk_text import embedding_text
 from rag.config import Settings
 from rag.db import repo
 from rag.db.models import Chunk, Collection, Document
@@ -148,6 +149,13 @@ def _sidecar(path: Path) -> dict[str, Any]:
 
 def _json_safe(meta: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(meta, default=str))
+
+
+def _title(prep: "_Prepared") -> str:
+    """The document title recorded (and cited): the loader's, the metadata's, else the file name."""
+    assert prep.doc is not None
+    d = prep.doc
+    return (d.title or d.metadata.get("title") or Path(prep.found.source).stem)[:1000]
 
 
 class Ingestor:
@@ -347,16 +355,24 @@ class Ingestor:
                      report: IngestReport) -> list[FileResult]:
         # Reuse stored vectors for chunk texts embedded before (edits usually touch a few chunks).
         t = time.perf_counter()
+        # Vectors are keyed by what was embedded (chunk text under its title and headings): an unchanged chunk
+        # of a retitled document is embedded again, an unchanged one anywhere in the group is not.
         old_ids = [old.id for _, old in group if old is not None]
+        old_title = {old.id: old.title for _, old in group if old is not None}
         reuse: dict[str, bytes] = {}
         old_rows: dict[int, dict[int, Chunk]] = {}
+        old_etext: dict[int, str] = {}
         if old_ids:
             with self.db.session() as s:
                 for c in s.scalars(select(Chunk).where(Chunk.document_id.in_(old_ids))):
-                    reuse[c.text] = c.embedding
+                    et = self._embedding_text(c.text, old_title.get(c.document_id), c.heading_path or (),
+                                              c.token_count)
+                    reuse[et] = c.embedding
+                    old_etext[c.id] = et
                     old_rows.setdefault(c.document_id, {})[c.ordinal] = c
-        texts = [sp.text for prep, _ in group for sp in prep.specs if sp.text not in reuse]
-        uniq = list(dict.fromkeys(texts))
+        etexts = {id(sp): self._embedding_text(sp.text, _title(prep), sp.heading_path, sp.token_count)
+                  for prep, _ in group for sp in prep.specs}
+        uniq = list(dict.fromkeys(et for et in etexts.values() if et not in reuse))
         report.timings["store"] += time.perf_counter() - t
         t = time.perf_counter()
         vecs = self.embedder.encode(uniq)
@@ -370,6 +386,7 @@ class Ingestor:
         add_vecs: list[bytes] = []
         add_texts: list[str] = []
         remove_ids: list[int] = []
+        relex_ids: list[int] = []  # kept chunks of a changed document: their lexical text (title, window) moved
         with self.db.session() as s:
             for prep, old in group:
                 assert prep.doc is not None
@@ -380,7 +397,7 @@ class Ingestor:
                     doc = Document(collection_id=coll.id, source=prep.found.source)
                     s.add(doc)
                 doc.path = str(prep.found.path)
-                doc.title = (d.title or d.metadata.get("title") or Path(prep.found.source).stem)[:1000]
+                doc.title = _title(prep)
                 doc.sha256 = prep.sha256
                 doc.media_type = d.media_type
                 doc.size = prep.size
@@ -395,7 +412,7 @@ class Ingestor:
                 keep: dict[int, Chunk] = {}
                 for sp in prep.specs:
                     c = prev.get(sp.ordinal)
-                    if c is not None and c.text == sp.text:
+                    if c is not None and c.text == sp.text and old_etext.get(c.id) == etexts[id(sp)]:
                         keep[sp.ordinal] = c
                 drop = [c.id for o, c in prev.items() if o not in keep]
                 if drop:
@@ -409,11 +426,13 @@ class Ingestor:
                     if sp.ordinal in keep:  # same ordinal and text: keep the row, its id and its vector
                         report.chunks_reused += 1
                         row = s.merge(keep[sp.ordinal])
+                        relex_ids.append(row.id)
                         for k, v in fields.items():
                             setattr(row, k, v)
                         continue
-                    emb = reuse.get(sp.text) or fresh[sp.text]
-                    if sp.text in reuse:
+                    et = etexts[id(sp)]
+                    emb = reuse.get(et) or fresh[et]
+                    if et in reuse:
                         report.chunks_reused += 1
                     row = Chunk(document_id=doc.id, collection_id=coll.id, ordinal=sp.ordinal, text=sp.text,
                                 embedding=emb, **fields)
@@ -437,10 +456,14 @@ class Ingestor:
         vec_arr = (np.frombuffer(b"".join(add_vecs), dtype=np.float32).reshape(len(add_vecs), -1)
                    if add_vecs else None)
         self.store.apply(coll, gen, add_ids=np.asarray(add_ids, dtype=np.int64), add_vecs=vec_arr,
-                         add_texts=add_texts, remove_ids=remove_ids, save=False)
+                         add_texts=add_texts, remove_ids=remove_ids, relex_ids=relex_ids, save=False)
         report.timings["index"] += time.perf_counter() - t
         report.results.extend(results)
         return results
+
+    def _embedding_text(self, text: str, title: str | None, headings: Sequence[str], tokens: int | None) -> str:
+        return embedding_text(text, title, headings, count_tokens=self.embedder.count_tokens,
+                              max_tokens=self.embedder.max_tokens, text_tokens=tokens)
 
     def _record_failure(self, coll: Collection, prep: _Prepared, old: Document | None, res: FileResult) -> None:
         """A new file that fails gets a 'failed' row (visible in `docs list`); an ingested one keeps its last

@@ -26,7 +26,8 @@ from rag.db import repo
 from rag.db.models import Chunk, Collection, Document
 from rag.db.session import Database
 from rag.index import IVF_MIN_VECTORS, IndexParams, VectorIndex, choose_index_type, ivf_needs_retrain, meta_path_for
-from rag.lexical import LexicalIndex, Tokenizer, lexical_text
+from rag.chunk_text import lexical_text, window_lexical_text
+from rag.lexical import LexicalIndex, Tokenizer
 
 
 @dataclass
@@ -67,7 +68,7 @@ class IndexStore:
 
     def _load_lexical(self, collection_id: int) -> LexicalIndex | None:
         return LexicalIndex.load(self.lexical_path(collection_id), self.settings.bm25_k1, self.settings.bm25_b,
-                                 self._tokenizer)
+                                 self._tokenizer, self.settings.lexical_window)
 
     def _generation(self, collection_id: int) -> int | None:
         with self.db.session() as s:
@@ -131,8 +132,9 @@ class IndexStore:
         with self._lock:
             with self.db.session() as s:
                 gen = s.scalar(select(Collection.generation).where(Collection.id == coll.id)) or 0
-                ids, texts = _collection_texts(s, coll.id)
-            lex = LexicalIndex.build(ids, texts, self.settings.bm25_k1, self.settings.bm25_b, self._tokenizer)
+                ids, texts = _collection_texts(s, coll.id, self.settings.lexical_window)
+            lex = LexicalIndex.build(ids, texts, self.settings.bm25_k1, self.settings.bm25_b, self._tokenizer,
+                                     self.settings.lexical_window)
             lex.save(self.lexical_path(coll.id), gen)
             self._lex_cache[coll.id] = lex
             return lex
@@ -153,11 +155,13 @@ class IndexStore:
 
     def apply(self, coll: Collection, generation: int, *, add_ids: np.ndarray | None = None,
               add_vecs: np.ndarray | None = None, add_texts: list[str] | None = None,
-              remove_ids: list[int] | None = None, save: bool = True) -> None:
-        """Apply a committed change to the cached index (loading it first if needed). `add_texts` are the
-        chunk texts of `add_ids`, for the lexical index (read from the database when not given)."""
+              remove_ids: list[int] | None = None, relex_ids: list[int] | None = None, save: bool = True) -> None:
+        """Apply a committed change to the cached indexes (loading them first if needed). The lexical index
+        reads the indexed texts of `add_ids` from the database (`add_texts` is accepted for callers that have
+        them but not needed). `relex_ids`: kept chunks whose lexical text changed (their neighbours did: the
+        window moved), re-indexed in the lexical index only."""
         with self._lock:
-            self._apply_lexical(coll, generation, add_ids, add_texts, remove_ids, save)
+            self._apply_lexical(coll, generation, add_ids, relex_ids, remove_ids, save)
             idx = self._cache.get(coll.id)
             if idx is None or idx.generation != generation - 1 and idx.generation != generation:
                 # Not in step (first use in this process, or another writer): rebuilding includes the change.
@@ -179,7 +183,7 @@ class IndexStore:
                 idx.save(self.path(coll.id), generation)
 
     def _apply_lexical(self, coll: Collection, generation: int, add_ids: np.ndarray | None,
-                       add_texts: list[str] | None, remove_ids: list[int] | None, save: bool) -> None:
+                       relex_ids: list[int] | None, remove_ids: list[int] | None, save: bool) -> None:
         lex = self._lex_cache.get(coll.id)
         if lex is None or lex.generation not in (generation - 1, generation):
             loaded = self._load_lexical(coll.id)
@@ -190,11 +194,13 @@ class IndexStore:
                 return
         if remove_ids:
             lex.remove(remove_ids)
-        if add_ids is not None and len(add_ids):
-            # The indexed text carries the document title and heading path (rag.lexical.lexical_text), read
-            # from the committed rows; `add_texts` alone would not have them.
+        todo = [int(i) for i in add_ids] if add_ids is not None else []
+        todo += [int(i) for i in relex_ids or ()]
+        if todo:
+            # The indexed text carries the document title, heading path and neighbouring chunks
+            # (rag.lexical.lexical_text), read from the committed rows. `add` replaces a re-indexed id.
             with self.db.session() as s:
-                ids, texts = _lexical_rows(s, [int(i) for i in add_ids])
+                ids, texts = _lexical_rows(s, todo, self.settings.lexical_window)
             lex.add(ids, texts)
         lex.generation = generation
         if save:
@@ -241,32 +247,51 @@ class IndexStore:
             stale_in_index=np.setdiff1d(idx_ids, db_ids).tolist()[:50],
         )
 
-_LEX_COLUMNS = (Chunk.id, Chunk.text, Chunk.heading_path, Document.title)
+_LEX_COLUMNS = (Chunk.id, Chunk.document_id, Chunk.text, Chunk.char_start, Chunk.char_end, Chunk.heading_path,
+                Document.title)
 
 
-def _collection_texts(s, collection_id: int, batch: int = 20_000) -> tuple[list[int], list[str]]:  # type: ignore[no-untyped-def]
-    """All (chunk ids, lexical texts) of a collection, in id order, read in batches."""
-    ids: list[int] = []
-    texts: list[str] = []
-    last = -1
-    while True:
+def _documents_texts(s, document_ids: list[int], window: int,  # type: ignore[no-untyped-def]
+                     only: set[int] | None = None) -> dict[int, str]:
+    """chunk id → lexical text (title, headings, the chunk in its window) for the chunks of these documents (only
+    those in `only` when given)."""
+    out: dict[int, str] = {}
+    for i in range(0, len(document_ids), 500):
         rows = s.execute(select(*_LEX_COLUMNS).join(Document, Chunk.document_id == Document.id)
-                         .where(Chunk.collection_id == collection_id, Chunk.id > last)
-                         .order_by(Chunk.id).limit(batch)).all()
-        if not rows:
-            break
-        ids.extend(int(r[0]) for r in rows)
-        texts.extend(lexical_text(r[1], r[3], r[2] or ()) for r in rows)
-        last = rows[-1][0]
-    return ids, texts
+                         .where(Chunk.document_id.in_(document_ids[i:i + 500]))
+                         .order_by(Chunk.document_id, Chunk.ordinal)).all()
+        start = 0
+        while start < len(rows):
+            end = start
+            while end < len(rows) and rows[end][1] == rows[start][1]:
+                end += 1
+            doc = rows[start:end]
+            for j, r in enumerate(doc):
+                cid = int(r[0])
+                if only is not None and cid not in only:
+                    continue
+                parts = [(x[2], x[3], x[4]) for x in doc[max(0, j - window):j + window + 1]]
+                out[cid] = window_lexical_text(r[2], parts, r[6], r[5] or ()) if window else \
+                    lexical_text(r[2], r[6], r[5] or ())
+            start = end
+    return out
 
 
-def _lexical_rows(s, chunk_ids: list[int], batch: int = 5000) -> tuple[list[int], list[str]]:  # type: ignore[no-untyped-def]
+def _collection_texts(s, collection_id: int, window: int = 0) -> tuple[list[int], list[str]]:  # type: ignore[no-untyped-def]
+    """All (chunk ids, lexical texts) of a collection, in id order."""
+    doc_ids = [int(d) for d in s.scalars(select(Document.id).where(Document.collection_id == collection_id)
+                                         .order_by(Document.id))]
+    texts = _documents_texts(s, doc_ids, window)
+    ids = sorted(texts)
+    return ids, [texts[c] for c in ids]
+
+
+def _lexical_rows(s, chunk_ids: list[int], window: int = 0, batch: int = 5000  # type: ignore[no-untyped-def]
+                  ) -> tuple[list[int], list[str]]:
     """(chunk ids, lexical texts) of the given chunks that exist, in the given order."""
-    found: dict[int, str] = {}
+    docs: set[int] = set()
     for i in range(0, len(chunk_ids), batch):
-        for r in s.execute(select(*_LEX_COLUMNS).join(Document, Chunk.document_id == Document.id)
-                           .where(Chunk.id.in_(chunk_ids[i:i + batch]))).all():
-            found[int(r[0])] = lexical_text(r[1], r[3], r[2] or ())
-    ids = [c for c in chunk_ids if c in found]
+        docs.update(int(d) for d in s.scalars(select(Chunk.document_id).where(Chunk.id.in_(chunk_ids[i:i + batch]))))
+    found = _documents_texts(s, sorted(docs), window, only=set(chunk_ids))
+    ids = [c for c in dict.fromkeys(chunk_ids) if c in found]
     return ids, [found[c] for c in ids]

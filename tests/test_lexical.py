@@ -125,7 +125,7 @@ def test_save_load_roundtrip_and_stale_detection(tmp_path) -> None:  # type: ign
 
 
 def test_lexical_text_adds_title_and_headings_once() -> None:
-    from rag.lexical import lexical_text
+    from rag.chunk_text import lexical_text
 
     assert lexical_text("body text", "Guide", ["Install", "Linux"]) == "Guide\nInstall\nLinux\nbody text"
     assert lexical_text("Guide\n\nbody", "Guide", []) == "Guide\n\nbody"  # first chunk already starts with it

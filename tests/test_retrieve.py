@@ -122,7 +122,10 @@ def test_modes_dense_lexical_hybrid(ctx) -> None:  # type: ignore[no-untyped-def
     lex = r.search("XQ-7734", collection=COLL, k=3, mode="lexical")
     assert lex.hits[0].text.startswith("Replacement part XQ-7734")
     assert lex.hits[0].scores["lexical"] > 0 and lex.hits[0].scores["lexical_rank"] == 1
-    assert len(lex.hits) == 1  # only chunks sharing a term
+    # Its neighbour in the same document matches through its lexical window (Settings.lexical_window), below it;
+    # nothing else shares a term.
+    assert [h.source for h in lex.hits] == ["codes/parts.txt"] * 2
+    assert lex.hits[1].text.startswith("Order form") and lex.hits[1].score < lex.hits[0].score
     hyb = r.search("XQ-7734 cabinet hinge", collection=COLL, k=4, mode="hybrid")
     top = hyb.hits[0]
     assert top.text.startswith("Replacement part XQ-7734")
