@@ -13,9 +13,10 @@ Steps of `search` (several collections: each retriever's candidates are merged b
 3. Fusion (hybrid): `rrf` = sum_r w_r / (rrf_k + rank_r); `weighted` = sum_r w_r * norm_r(score), where each
    retriever's scores are min-max normalised over the union of candidates and a candidate missing from one
    list is scored exactly by that retriever (its stored vector's cosine; its BM25 score), not set to zero.
-   The default (`Settings.fusion` = weighted, 0.5/0.5) is the one bench/retrieval.py measured best on SciFact
+   The default (`Settings.fusion` = weighted, 0.6/0.4) is the one bench/retrieval.py measured best on SciFact
    (BEIR, nDCG@10, chunks max-pooled to documents; weights chosen on 30 % of the train queries, reported on the
-   other 70 %): dense 0.678, BM25 0.688, RRF 0.720, weighted 0.726 held-out (0.735 on all 809 queries).
+   other 70 %; 128-piece chunks embedded under their title, BM25 over windows of 2 neighbours each side):
+   dense 0.692, BM25 0.694, RRF 0.733, weighted 0.746 held-out (0.751 on all 809 queries).
 4. Optional cross-encoder re-scoring of the top `rerank_depth` fused candidates (Settings.cross_encoder_model).
 5. Optional diversity: at most `max_per_document` hits per document; maximal marginal relevance (MMR) over the
    candidates' stored vectors (`mmr_lambda` = 1 is pure relevance).
