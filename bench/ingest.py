@@ -76,7 +76,8 @@ def run_one(corpus: str, backend: str, threads: int | None, profile: bool, alone
 
     from rag.config import Settings
     from rag.context import Context
-    from rag.db.models import Chunk
+    from rag.chunk_text import embedding_text
+    from rag.db.models import Chunk, Document
 
     with tempfile.TemporaryDirectory(prefix=f"ctxqa-bench-{corpus}-") as tmp:
         src = CORPORA[corpus]
@@ -112,8 +113,14 @@ def run_one(corpus: str, backend: str, threads: int | None, profile: bool, alone
             pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(30)
             (RESULTS / f"ingest_profile_{corpus}_{backend}.txt").write_text(buf.getvalue())
         rss_peak = _rss_mb()
-        with ctx.db.session() as s:
-            texts = list(dict.fromkeys(s.scalars(select(Chunk.text).order_by(Chunk.id))))
+        with ctx.db.session() as s:  # exactly what the pipeline embedded: each chunk under its title and headings
+            texts = list(dict.fromkeys(
+                embedding_text(t, title, hp or (), count_tokens=emb.count_tokens, max_tokens=emb.max_tokens,
+                               text_tokens=n)
+                for t, title, hp, n in s.execute(select(Chunk.text, Document.title, Chunk.heading_path,
+                                                        Chunk.token_count)
+                                                 .join(Document, Chunk.document_id == Document.id)
+                                                 .order_by(Chunk.id))))
         n_all = len(texts)
         if alone_sample and n_all > alone_sample:  # a fixed random sample, scaled to all chunks
             import random
