@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     llm_rope_alpha: float | None = Field(None, description="NTK RoPE alpha (ExLlamaV2).")
     llm_gpu_layers: int = 0
     llm_threads: int | None = None
+    llm_extra_buffers: bool = Field(False, description=(
+        "llama.cpp: use its extra CPU buffer types (AMX / repacked weights). Off by default: with llama-cpp-python "
+        "0.3.36 built on an AMX CPU they crash the process at the first decode (SmolLM2 Q4_1, seen here)."))
     llm_cache: Literal["fp16", "q8", "q6", "q4"] = "fp16"
     llm_max_batch_size: int = 8
     max_new_tokens: int = 256

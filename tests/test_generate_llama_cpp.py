@@ -300,3 +300,16 @@ def test_backend_status_rows() -> None:
     assert not ex["selected"] and not ex["ready"] and ex["reason"]
     bad = {r["backend"]: r for r in backend_status(Settings(llm_model="/nonexistent/model.gguf"))}
     assert not bad["llama_cpp"]["ready"] and "model not found" in bad["llama_cpp"]["reason"]
+
+
+def test_model_params_adjusted_only_while_constructing() -> None:
+    """The extra-buffer switch reaches llama.cpp's model parameters during construction and nothing else."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from rag.generate.llama_cpp import _model_params
+
+    module = llama_cpp.llama.llama_cpp
+    before = module.llama_model_default_params
+    with _model_params(llama_cpp, use_extra_bufts=False, no_such_field=1):
+        assert module.llama_model_default_params().use_extra_bufts is False
+    assert module.llama_model_default_params is before
+    assert module.llama_model_default_params().use_extra_bufts is True  # llama.cpp's own default

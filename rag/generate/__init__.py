@@ -120,6 +120,7 @@ def load_generator(
             seed=settings.seed,
             rope_scale=scale,
             rope_alpha=settings.llm_rope_alpha,
+            extra_buffers=settings.llm_extra_buffers,
         )
     if backend == "exllamav2":
         from rag.generate.exllamav2 import ExLlamaV2Generator

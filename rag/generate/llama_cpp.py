@@ -10,6 +10,10 @@ Design notes
   model's metadata asks for it"); `count_tokens` uses the same call, so counts match what is fed.
 - One `Llama` context is not thread-safe: a lock serialises requests (a second caller waits). Tokenizing only
   reads the vocabulary, so `count_tokens` does not take the lock and never waits behind a long generation.
+- llama.cpp's extra CPU buffer types (weights repacked for AMX / AVX512 kernels) are off unless
+  `extra_buffers=True`: with llama-cpp-python 0.3.36 compiled natively on an AMX Xeon, the AMX buffer type
+  segfaults at the first decode (SmolLM2 Q4_1; with them off the same build runs). `Llama()` offers no parameter
+  for it, so the model parameters are adjusted while it is constructed (`_model_params`).
 - The KV cache is reset before each request. llama-cpp-python would otherwise reuse a cached prompt prefix and
   re-evaluate only the suffix, which can change logits in the last bits and so flip a greedy near-tie: the
   same request must give the same answer every time.
@@ -18,6 +22,7 @@ Design notes
 from __future__ import annotations
 
 import codecs
+import contextlib
 import logging
 import struct
 import threading
@@ -36,6 +41,31 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_CONTEXT = 4096
 
 
+_params_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _model_params(llama_cpp: Any, **fields: Any) -> Iterator[None]:
+    """While a `Llama` is constructed, give its model parameters these field values (where this llama.cpp has
+    the field). `Llama.__init__` reads `llama_model_default_params()` through its module, so that is wrapped."""
+    module = llama_cpp.llama.llama_cpp
+    original = module.llama_model_default_params
+
+    def adjusted() -> Any:
+        params = original()
+        for name, value in fields.items():
+            if any(f[0] == name for f in getattr(type(params), "_fields_", ())):
+                setattr(params, name, value)
+        return params
+
+    with _params_lock:
+        module.llama_model_default_params = adjusted
+        try:
+            yield
+        finally:
+            module.llama_model_default_params = original
+
+
 class LlamaCppGenerator(Generator):
     def __init__(
         self,
@@ -49,6 +79,7 @@ class LlamaCppGenerator(Generator):
         rope_alpha: float | None = None,
         batch_size: int = 512,
         name: str | None = None,
+        extra_buffers: bool = False,
     ) -> None:
         try:
             import llama_cpp
@@ -84,18 +115,19 @@ class LlamaCppGenerator(Generator):
             log.warning("context length %d exceeds %s's training context %d without RoPE scaling", n_ctx, path.name, n_ctx_train)
 
         try:
-            self._llm = llama_cpp.Llama(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_batch=min(batch_size, n_ctx),
-                n_gpu_layers=gpu_layers,
-                n_threads=threads,
-                n_threads_batch=threads,
-                seed=seed,
-                logits_all=False,
-                verbose=False,
-                **kwargs,
-            )
+            with _model_params(llama_cpp, use_extra_bufts=extra_buffers):
+                self._llm = llama_cpp.Llama(
+                    model_path=str(path),
+                    n_ctx=n_ctx,
+                    n_batch=min(batch_size, n_ctx),
+                    n_gpu_layers=gpu_layers,
+                    n_threads=threads,
+                    n_threads_batch=threads,
+                    seed=seed,
+                    logits_all=False,
+                    verbose=False,
+                    **kwargs,
+                )
         except (ValueError, RuntimeError, OSError) as exc:
             raise GeneratorError(f"llama.cpp could not load {path}: {exc} (is it a valid GGUF file for this llama.cpp version?)") from exc
         self.context_length = int(self._llm.n_ctx())
