@@ -386,7 +386,6 @@ class Ingestor:
         results: list[FileResult] = []
         add_ids: list[int] = []
         add_vecs: list[bytes] = []
-        add_texts: list[str] = []
         remove_ids: list[int] = []
         relex_ids: list[int] = []  # kept chunks of a changed document: their lexical text (title, window) moved
         with self.db.session() as s:
@@ -444,7 +443,6 @@ class Ingestor:
                 for row in new_rows:
                     add_ids.append(row.id)
                     add_vecs.append(row.embedding)
-                    add_texts.append(row.text)
                 results.append(FileResult(prep.found.source, str(prep.found.path), status, document_id=doc.id,
                                           pages=d.page_count or 0, chunks=len(prep.specs),
                                           empty_pages=len(d.empty_pages),
@@ -458,7 +456,7 @@ class Ingestor:
         vec_arr = (np.frombuffer(b"".join(add_vecs), dtype=np.float32).reshape(len(add_vecs), -1)
                    if add_vecs else None)
         self.store.apply(coll, gen, add_ids=np.asarray(add_ids, dtype=np.int64), add_vecs=vec_arr,
-                         add_texts=add_texts, remove_ids=remove_ids, relex_ids=relex_ids, save=False)
+                         remove_ids=remove_ids, relex_ids=relex_ids, save=False)
         report.timings["index"] += time.perf_counter() - t
         report.results.extend(results)
         return results

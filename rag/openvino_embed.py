@@ -53,7 +53,7 @@ class OpenVinoEncoder:
                  cache_dir: Path | None = None) -> None:
         core = _core()
         if precision is None:
-            precision = "bf16" if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
+            precision = "bf16" if bf16_capable() else "f32"
         if precision not in MIN_COSINE:
             raise OpenVinoError(f"precision must be one of {sorted(MIN_COSINE)}, got {precision!r}")
         self.precision = precision

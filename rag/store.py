@@ -15,6 +15,7 @@ faiss vector index (`collection-<id>.faiss`, rebuilt from the stored embeddings)
 from __future__ import annotations
 
 import threading
+from itertools import groupby
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,11 +155,10 @@ class IndexStore:
             return idx
 
     def apply(self, coll: Collection, generation: int, *, add_ids: np.ndarray | None = None,
-              add_vecs: np.ndarray | None = None, add_texts: list[str] | None = None,
+              add_vecs: np.ndarray | None = None,
               remove_ids: list[int] | None = None, relex_ids: list[int] | None = None, save: bool = True) -> None:
         """Apply a committed change to the cached indexes (loading them first if needed). The lexical index
-        reads the indexed texts of `add_ids` from the database (`add_texts` is accepted for callers that have
-        them but not needed). `relex_ids`: kept chunks whose lexical text changed (their neighbours did: the
+        reads the indexed texts of `add_ids` from the database. `relex_ids`: kept chunks whose lexical text changed (their neighbours did: the
         window moved), re-indexed in the lexical index only."""
         with self._lock:
             self._apply_lexical(coll, generation, add_ids, relex_ids, remove_ids, save)
@@ -260,12 +260,8 @@ def _documents_texts(s, document_ids: list[int], window: int,  # type: ignore[no
         rows = s.execute(select(*_LEX_COLUMNS).join(Document, Chunk.document_id == Document.id)
                          .where(Chunk.document_id.in_(document_ids[i:i + 500]))
                          .order_by(Chunk.document_id, Chunk.ordinal)).all()
-        start = 0
-        while start < len(rows):
-            end = start
-            while end < len(rows) and rows[end][1] == rows[start][1]:
-                end += 1
-            doc = rows[start:end]
+        for _, group in groupby(rows, key=lambda r: r[1]):  # one document's chunks, in ordinal order
+            doc = list(group)
             for j, r in enumerate(doc):
                 cid = int(r[0])
                 if only is not None and cid not in only:
@@ -273,7 +269,6 @@ def _documents_texts(s, document_ids: list[int], window: int,  # type: ignore[no
                 parts = [(x[2], x[3], x[4]) for x in doc[max(0, j - window):j + window + 1]]
                 out[cid] = window_lexical_text(r[2], parts, r[6], r[5] or ()) if window else \
                     lexical_text(r[2], r[6], r[5] or ())
-            start = end
     return out
 
 

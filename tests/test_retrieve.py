@@ -44,7 +44,6 @@ def add_documents(ctx: Any, docs: list[dict[str, Any]], collection: str = COLL) 
     vecs = emb.encode(texts)
     out: dict[str, int] = {}
     add_ids: list[int] = []
-    add_texts: list[str] = []
     i = 0
     with ctx.db.session() as s:
         for d in docs:
@@ -64,14 +63,13 @@ def add_documents(ctx: Any, docs: list[dict[str, Any]], collection: str = COLL) 
                 s.add(row)
                 s.flush()
                 add_ids.append(row.id)
-                add_texts.append(text)
             out[d["source"]] = doc.id
         repo.bump_generation(s, coll.id)
         s.flush()
         gen = int(s.scalar(select(Collection.generation).where(Collection.id == coll.id)))
     ctx.store.apply(coll, gen, add_ids=np.asarray(add_ids), add_vecs=np.frombuffer(
         b"".join(Chunk_bytes for Chunk_bytes in (v.tobytes() for v in vecs)), dtype=np.float32).reshape(len(vecs), -1),
-        add_texts=add_texts, save=False)
+        save=False)
     ctx.store.save(coll)
     return out
 
