@@ -20,6 +20,12 @@ the database) embedded again by the same warm embedder in one `encode` call, and
 Note LlamaIndex's 1024-token chunks are truncated to MiniLM's 256 word pieces (most text is never embedded);
 ctxqa embeds every token, so it embeds ~3-4x more text for the same corpus.
 
+Peer benchmark on this same machine: `bash bench/peer_llamaindex.sh` (own virtualenv .venv-peer, offline) runs
+LlamaIndex's default pipeline (SimpleDirectoryReader, SentenceSplitter 1024, HuggingFaceEmbedding with the same
+bundled MiniLM, VectorStoreIndex) and a plain MiniLM + faiss SciFact baseline over the same corpora, timing load /
+split / embed+index and counting nodes truncated at 256 word pieces (bench/results/peer_llamaindex.json); use it
+instead of the figures above when comparing. `--limit N` is a quick smoke test on the first N files of each corpus.
+
 `--profile` runs cProfile over the ingest call (all threads' time shows up as the main thread waiting on the
 extraction worker: read "extract"/"chunk" from the pipeline's own timings) and writes the top functions.
 """
