@@ -10,8 +10,9 @@ vectors to torch's on the sample (mean/min).
 
 Variants
 - torch: `Embedder(backend="torch")` (sentence-transformers, sorts by characters, 64 per batch)
-- onnx / onnx-int8 / openvino: the ONNX export run by ONNX Runtime (fp32, int8) or OpenVINO (bf16 where the CPU
-  has it), with length-bucketed batches of `--budget` padded tokens
+- onnx / onnx-int8 / openvino / openvino-int8: the ONNX export run by ONNX Runtime (fp32, dynamic int8) or
+  OpenVINO (bf16 where the CPU has it; static int8 quantised by NNCF), with length-bucketed batches of `--budget`
+  padded tokens
 - onnx-int8@fixed64: int8, sorted but 64 texts per batch whatever their length (no token budget)
 - onnx-int8@unsorted64: int8, 64 texts per batch in input order (what naive batching pays in padding)
 - onnx-int8@B for each B in --budgets: the token-budget sweep
@@ -91,7 +92,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--budget", type=int, default=8192)
     ap.add_argument("--budgets", default="", help="comma-separated token budgets to sweep for onnx-int8")
-    ap.add_argument("--variants", default="torch,onnx,onnx-int8,openvino,onnx-int8@fixed64,onnx-int8@unsorted64")
+    ap.add_argument("--variants",
+                    default="torch,onnx,onnx-int8,openvino,openvino-int8,onnx-int8@fixed64,onnx-int8@unsorted64")
     ap.add_argument("--out", type=Path, default=RESULTS / "embed.json")
     args = ap.parse_args()
 

