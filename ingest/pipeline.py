@@ -5,7 +5,10 @@
   their ids, and any chunk whose text was embedded before reuses its stored vector.
 - Each group of documents is committed in one transaction that also bumps the collection generation; the
   faiss index follows after the commit and is saved at the end (see rag/store.py for why that is safe).
-- Loading and chunking of the next files runs in a worker thread while the current batch is embedded.
+- Loading and chunking of the next files runs in a worker thread while the current batch is embedded. When the
+  worker is still busy with the next file and at least `_AHEAD_MIN_CHUNKS` chunks of new documents wait, they are
+  embedded ahead instead of idling (a folder of a few large PDFs otherwise extracts and embeds in turn: sec-10q,
+  2 filings, pipeline / embedding alone 1.50 → see bench/ingest.py).
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ from rag.store import IndexStore
 from rag.types import ChunkSpec, LoadedDocument
 
 Status = str  # added | updated | unchanged | skipped | failed | removed
+
+# Embedding ahead only pays with a batch worth the call: below this the next file is usually ready first anyway.
+_AHEAD_MIN_CHUNKS = 64
 
 
 @dataclass
@@ -225,10 +231,11 @@ class Ingestor:
 
         pending: list[tuple[_Prepared, Document | None]] = []
         pending_chunks = 0
+        ahead: dict[str, bytes] = {}  # embedding text -> vector of pending chunks embedded ahead
         # Groups of ~1,000 chunks: big enough that length-bucketed batches come out full (small groups cost ~20 %
         # more embedding time), small enough that progress and commits stay frequent.
         batch_target = max(self.settings.embedding_batch_size * 16, 128)
-        for prep in self._prepare_all(todo, existing, meta or {}, password):
+        for prep, next_ready in self._prepare_all(todo, existing, meta or {}, password):
             report.timings["extract"] += prep.t_extract
             report.timings["chunk"] += prep.t_chunk
             old = existing.get(prep.found.source)
@@ -249,11 +256,13 @@ class Ingestor:
             pending.append((prep, old))
             pending_chunks += len(prep.specs)
             if pending_chunks >= batch_target:
-                for res in self._store_group(coll, pending, report):
+                for res in self._store_group(coll, pending, report, ahead):
                     tick(res)
-                pending, pending_chunks = [], 0
+                pending, pending_chunks, ahead = [], 0, {}
+            elif not next_ready:
+                self._embed_ahead(pending, ahead, report)
         if pending:
-            for res in self._store_group(coll, pending, report):
+            for res in self._store_group(coll, pending, report, ahead):
                 tick(res)
 
         if prune:
@@ -277,8 +286,9 @@ class Ingestor:
 
     # -- preparation (worker thread) -----------------------------------------------------------------------
     def _prepare_all(self, todo: list[Found], existing: dict[str, Document], meta: dict[str, Any],
-                     password: str | None) -> Iterator[_Prepared]:
-        """Load+chunk up to two files ahead of the consumer (overlaps extraction with embedding)."""
+                     password: str | None) -> Iterator[tuple[_Prepared, bool]]:
+        """Load+chunk up to three files ahead of the consumer (overlaps extraction with embedding). Yields each
+        prepared file with whether the next one is ready (False: the worker is still on it)."""
         if not todo:
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxqa-extract") as pool:
@@ -293,7 +303,8 @@ class Ingestor:
                 nxt = next(it, None)
                 if nxt is not None:
                     futures.append(pool.submit(self._prepare, nxt, existing.get(nxt.source), meta, password))
-                yield prep
+                # The last file counts as "ready": its group is stored right away, nothing to wait for.
+                yield prep, not futures or futures[0].done()
 
     def _prepare(self, f: Found, old: Document | None, meta: dict[str, Any], password: str | None) -> _Prepared:
         t = time.perf_counter()
@@ -353,8 +364,24 @@ class Ingestor:
         meta["_added"] = prep.extra_meta  # what the user added, to detect metadata-only changes
         return _json_safe(meta)
 
+    def _embed_ahead(self, pending: list[tuple[_Prepared, Document | None]], ahead: dict[str, bytes],
+                     report: IngestReport) -> None:
+        """Embed the chunks of pending *new* documents now, while the worker extracts the next file. Changed
+        documents wait for their group: most of their chunks reuse stored vectors."""
+        todo = list(dict.fromkeys(
+            et for prep, old in pending if old is None or old.status != "ingested"
+            for et in (self._embedding_text(sp.text, _title(prep), sp.heading_path, sp.token_count)
+                       for sp in prep.specs) if et not in ahead))
+        if len(todo) < _AHEAD_MIN_CHUNKS:
+            return
+        t = time.perf_counter()
+        vecs = self.embedder.encode(todo)
+        report.timings["embed"] += time.perf_counter() - t
+        report.chunks_embedded += len(todo)
+        ahead.update((txt, vecs[i].tobytes()) for i, txt in enumerate(todo))
+
     def _store_group(self, coll: Collection, group: list[tuple[_Prepared, Document | None]],
-                     report: IngestReport) -> list[FileResult]:
+                     report: IngestReport, ahead: dict[str, bytes] | None = None) -> list[FileResult]:
         # Reuse stored vectors for chunk texts embedded before (edits usually touch a few chunks).
         t = time.perf_counter()
         # Vectors are keyed by what was embedded (chunk text under its title and headings): an unchanged chunk
@@ -374,13 +401,15 @@ class Ingestor:
                     old_rows.setdefault(c.document_id, {})[c.ordinal] = c
         etexts = {id(sp): self._embedding_text(sp.text, _title(prep), sp.heading_path, sp.token_count)
                   for prep, _ in group for sp in prep.specs}
-        uniq = list(dict.fromkeys(et for et in etexts.values() if et not in reuse))
+        ahead = ahead or {}
+        uniq = list(dict.fromkeys(et for et in etexts.values() if et not in reuse and et not in ahead))
         report.timings["store"] += time.perf_counter() - t
         t = time.perf_counter()
         vecs = self.embedder.encode(uniq)
         report.timings["embed"] += time.perf_counter() - t
         report.chunks_embedded += len(uniq)
-        fresh = {txt: vecs[i].tobytes() for i, txt in enumerate(uniq)}
+        fresh = dict(ahead)
+        fresh.update((txt, vecs[i].tobytes()) for i, txt in enumerate(uniq))
 
         t = time.perf_counter()
         results: list[FileResult] = []

@@ -184,3 +184,55 @@ def test_pdf_pages_and_10q(shared_data: Path, make_ctx) -> None:
             assert pages[-1][1] >= d.page_count - 2  # chunks reach the last pages
     hit = ctx.retriever.search("Intel revenue for the quarter", k=3).hits[0]
     assert hit.page_start is not None and hit.source.endswith(".pdf")
+
+
+def test_new_files_are_embedded_while_the_next_one_extracts(tmp_path: Path, make_ctx,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the worker is still extracting the next file, the chunks already waiting are embedded (not after it):
+    each chunk exactly once, the vectors those of a plain encode, the index in step with the database."""
+    import threading
+
+    from ingest import pipeline
+    from rag.chunk_text import embedding_text
+
+    def text(tag: str) -> str:
+        return "\n\n".join(f"Section {i} of the {tag} handbook. " + " ".join(
+            f"The {tag} team reviews item {i}.{j} every week." for j in range(12)) for i in range(80))
+
+    root = write_tree(tmp_path / "docs", {"a.txt": text("alpha"), "b.txt": text("beta")})
+    ctx = make_ctx()
+    ing = ctx.ingestor
+    released = threading.Event()
+    calls: list[tuple[int, bool]] = []  # (texts, was b.txt extracted yet?)
+    b_done = threading.Event()
+    real_prepare, real_encode = ing._prepare, ctx.embedder.encode
+
+    def prepare(f, *args):  # type: ignore[no-untyped-def]
+        if f.path.name == "b.txt":
+            assert released.wait(120), "a.txt was never embedded ahead"
+        out = real_prepare(f, *args)
+        if f.path.name == "b.txt":
+            b_done.set()
+        return out
+
+    def encode(texts, **kw):  # type: ignore[no-untyped-def]
+        calls.append((len(texts), b_done.is_set()))
+        released.set()
+        return real_encode(texts, **kw)
+
+    monkeypatch.setattr(ing, "_prepare", prepare)
+    monkeypatch.setattr(ctx.embedder, "encode", encode)
+    report = ing.ingest([root])
+    assert report.summary()["added"] == 2
+    n_a, n_b = (r.chunks for r in sorted(report.results, key=lambda r: r.source))
+    assert n_a >= pipeline._AHEAD_MIN_CHUNKS
+    assert calls == [(n_a, False), (n_b, True)]  # a.txt while b.txt was extracting, then b.txt alone
+    assert report.chunks_embedded == n_a + n_b
+    assert index_ids(ctx) == db_chunk_ids(ctx)
+    with ctx.db.session() as s:
+        rows = s.execute(select(Chunk.text, Chunk.heading_path, Chunk.token_count, Chunk.embedding, Document.title)
+                         .join(Document, Chunk.document_id == Document.id)).all()
+    texts = [embedding_text(t, title, hp or (), count_tokens=ctx.embedder.count_tokens,
+                            max_tokens=ctx.embedder.max_tokens, text_tokens=n) for t, hp, n, _, title in rows]
+    stored = np.stack([np.frombuffer(r[3], dtype=np.float32) for r in rows])
+    assert float(((stored * real_encode(texts)).sum(1)).min()) > 0.9999
