@@ -25,6 +25,8 @@ LlamaIndex's default pipeline (SimpleDirectoryReader, SentenceSplitter 1024, Hug
 bundled MiniLM, VectorStoreIndex) and a plain MiniLM + faiss SciFact baseline over the same corpora, timing load /
 split / embed+index and counting nodes truncated at 256 word pieces (bench/results/peer_llamaindex.json); use it
 instead of the figures above when comparing. `--limit N` is a quick smoke test on the first N files of each corpus.
+When that file holds a full run, this benchmark adds "vs LlamaIndex here" (same machine, same MiniLM) and compares
+word pieces actually embedded per second (LlamaIndex's: nodes x mean word pieces x the share inside the window).
 
 `--profile` runs cProfile over the ingest call (all threads' time shows up as the main thread waiting on the
 extraction worker: read "extract"/"chunk" from the pipeline's own timings) and writes the top functions.
@@ -128,6 +130,7 @@ def run_one(corpus: str, backend: str, threads: int | None, profile: bool, alone
                                                  .join(Document, Chunk.document_id == Document.id)
                                                  .order_by(Chunk.id))))
         n_all = len(texts)
+        word_pieces = sum(min(len(ids), emb.max_tokens) for ids in emb.tokenizer(texts)["input_ids"])
         if alone_sample and n_all > alone_sample:  # a fixed random sample, scaled to all chunks
             import random
 
@@ -158,13 +161,33 @@ def run_one(corpus: str, backend: str, threads: int | None, profile: bool, alone
         "rss_after_model_load_mb": round(rss_loaded), "peak_rss_mb": round(rss_peak),
         "load_average": os.getloadavg()[0],
     }
+    row["word_pieces_embedded"] = word_pieces
+    row["word_pieces_per_s"] = word_pieces / wall
     li = LLAMAINDEX[corpus]
     if "pages_per_s" in li:
         row["vs_llamaindex"] = row["pages_per_s"] / li["pages_per_s"]
     else:
         row["vs_llamaindex"] = row["docs_per_s"] / li["docs_per_s"]
     row["llamaindex"] = li["what"]
+    peer = _peer(corpus)
+    if peer is not None:  # LlamaIndex measured on this machine (bench/peer_llamaindex.sh)
+        row["vs_llamaindex_here"] = peer["wall_s"] / wall
+        tok = peer.get("tokens") or {}
+        peer_wp = peer["nodes"] * tok.get("word_pieces_mean", 0) * tok.get("word_pieces_embedded_share", 0)
+        row["llamaindex_here"] = {"wall_s": peer["wall_s"], "word_pieces_embedded": round(peer_wp),
+                                  "word_pieces_per_s": peer_wp / peer["wall_s"],
+                                  "load_average": peer.get("load_average")}
     return row
+
+
+def _peer(corpus: str) -> dict | None:
+    """The full (not --limit) LlamaIndex run of `corpus` in bench/results/peer_llamaindex.json, if any."""
+    try:
+        rows = json.loads((RESULTS / "peer_llamaindex.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return next((r for r in rows if r.get("corpus") == corpus and r.get("pipeline") == "llamaindex"
+                 and not r.get("limit")), None)
 
 
 def main() -> None:
@@ -212,7 +235,9 @@ def main() -> None:
                   f"embedding alone {row['embed_alone_s']:.1f}s -> x{row['pipeline_over_embedding']:.2f} "
                   f"(CPU {row['cpu_s']:.0f}s / {row['embed_alone_cpu_s']:.0f}s -> "
                   f"x{row['pipeline_over_embedding_cpu']:.2f}); "
-                  f"peak RSS {row['peak_rss_mb']} MB; vs LlamaIndex x{row['vs_llamaindex']:.2f}", flush=True)
+                  f"peak RSS {row['peak_rss_mb']} MB; vs LlamaIndex x{row['vs_llamaindex']:.2f}"
+                  + (f" (here: x{row['vs_llamaindex_here']:.2f})" if "vs_llamaindex_here" in row else ""),
+                  flush=True)
 
     print("\n| corpus | backend | files | pages | chunks | wall s | docs/s | pages/s | chunks/s | extract | chunk | "
           "embed | store+index | embed alone s | wall / embed alone | CPU s / embed alone CPU s | peak RSS MB | "
@@ -226,6 +251,18 @@ def main() -> None:
               f"{r['pipeline_over_embedding']:.2f} | {r['cpu_s']:.0f} / {r['embed_alone_cpu_s']:.0f} = "
               f"{r['pipeline_over_embedding_cpu']:.2f} | {r['peak_rss_mb']} | x{r['vs_llamaindex']:.2f} "
               f"({r['llamaindex']}) |")
+    here = [r for r in rows if "vs_llamaindex_here" in r]
+    if here:
+        print("\nAgainst LlamaIndex measured on this machine (bench/peer_llamaindex.sh):\n")
+        print("| corpus | ctxqa wall s | LlamaIndex wall s | speed-up | word pieces embedded ctxqa / LlamaIndex | "
+              "embedded word pieces/s ctxqa / LlamaIndex | ratio |")
+        print("| --- " * 7 + "|")
+        for r in here:
+            li = r["llamaindex_here"]
+            print(f"| {r['corpus']} | {r['wall_s']:.1f} | {li['wall_s']:.1f} | x{r['vs_llamaindex_here']:.2f} | "
+                  f"{r['word_pieces_embedded']:,} / {li['word_pieces_embedded']:,} | "
+                  f"{r['word_pieces_per_s']:,.0f} / {li['word_pieces_per_s']:,.0f} | "
+                  f"x{r['word_pieces_per_s'] / li['word_pieces_per_s']:.2f} |")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rows, indent=1))
 
