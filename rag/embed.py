@@ -14,12 +14,13 @@ Backends (`Settings.embedding_backend`):
   for int8, whose activation scales are per batch). "onnx-int8" runs calls of at most `small_call_texts` texts
   (queries) on the fp32 graph: int8 for the bulk where speed matters, full precision where it does not.
 - "openvino": the same fp32 export compiled by OpenVINO, which runs it in bf16 on CPUs with native bf16 (AMX,
-  AVX512-BF16): ~2x ONNX Runtime int8 and ~3.7x fp32 here, vectors within cosine 0.9999 of fp32
-  (rag/openvino_embed.py). Queries run on the same graph (~2-4 ms).
+  AVX512-BF16): on a Xeon with AMX ~2x ONNX Runtime int8 and ~3.7x fp32, on an EPYC (AVX512-BF16, no AMX) only
+  ~1.7x fp32; vectors within cosine 0.9999 of fp32 (rag/openvino_embed.py). Queries run on the same graph.
 - "openvino-int8": the same export quantised to int8 once by NNCF (static, calibrated on texts shipped with
-  ctxqa) and run by OpenVINO: ~1.6x bf16 on CPUs with VNNI but no AMX (AMD EPYC here: 21.4k vs 13.2k word
-  pieces/s), cosine ~0.996 to fp32. Small calls (queries) run the fp32 graph (bf16 where native), as for
-  "onnx-int8".
+  ctxqa) and run by OpenVINO: ~1.6x bf16 on CPUs with VNNI but no AMX (AMD EPYC, 2 cores: 21.4k vs 13.2k word
+  pieces/s; its int8 matmuls then run at ~90 % of the cores' VNNI peak, so this is about the ceiling for MiniLM
+  there), cosine ~0.997 to fp32, SciFact nDCG@10 within 0.2 % (bench/embed_quality.py). Small calls (queries)
+  run the fp32 graph (bf16 where native), as for "onnx-int8".
 - "auto" (the default): "openvino" (bf16) on CPUs with AMX, where bf16 is as fast as int8 and closer to fp32;
   else "openvino-int8"; "onnx-int8" where OpenVINO is missing.
 If a backend cannot start (package missing, export refused, graph failing its check), the embedder logs a warning
