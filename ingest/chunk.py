@@ -13,9 +13,10 @@ How it works
 4. Units are packed greedily up to `limit` tokens. Each chunk after the first of a region starts with up to
    `overlap` tokens of the end of the previous one, starting at a sentence start when that gives at least half the
    overlap, else at a word start.
-5. Chunk offsets are trimmed of surrounding whitespace (the text is never altered), every chunk is re-tokenized
-   on its own to get its exact `token_count`, and a chunk that would exceed the limit that way (only possible
-   at token-level cuts) is cut again.
+5. Chunk offsets are trimmed of surrounding whitespace (the text is never altered), every chunk gets its exact
+   `token_count` as tokenized on its own (read off the whole-text tokens where that is provably identical, see
+   `_counts_in_context`), and a chunk that would exceed the limit that way (only possible at token-level cuts) is
+   cut again.
 
 `limit = min(size, max_tokens - specials)` where `specials` is what the tokenizer adds around a sequence
 ([CLS]/[SEP]: 2), so every chunk fits the embedder without truncation.
@@ -24,6 +25,8 @@ How it works
 from __future__ import annotations
 
 import re
+import threading
+import weakref
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from typing import Any
@@ -54,6 +57,56 @@ def effective_limit(tokenizer: Any, size: int, max_tokens: int | None) -> int:
     return max(1, min(size, max_tokens - specials))
 
 
+_BACKENDS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+_BACKENDS_LOCK = threading.Lock()
+
+
+def _backend(tokenizer: Any) -> Any | None:
+    """A private copy of the Rust tokenizer behind a HF fast tokenizer, with truncation and padding off: the same
+    ids and offsets as the wrapper's `__call__` without its per-call Python work (~0.3 ms of the ~0.8 ms a SciFact
+    abstract costs). A copy, because the wrapper sets truncation/padding on its own backend per call (MiniLM's
+    tokenizer.json even ships them on, at 128)."""
+    bt = getattr(tokenizer, "backend_tokenizer", None)
+    if bt is None:
+        return None
+    try:
+        with _BACKENDS_LOCK:
+            own = _BACKENDS.get(tokenizer)
+            if own is None:
+                from tokenizers import Tokenizer
+
+                own = Tokenizer.from_str(bt.to_str())
+                own.no_truncation()
+                own.no_padding()
+                _BACKENDS[tokenizer] = own
+        return own
+    except TypeError:  # not weak-referenceable: use the wrapper
+        return None
+
+
+_BERT_SPACE = frozenset(" \t\n\r")  # what BERT's normaliser and pre-tokenizer treat as a word break, and keep
+
+
+def _counts_in_context(tokenizer: Any) -> bool:
+    """True for WordPiece tokenizers with BERT's normaliser and pre-tokenizer (MiniLM, BERT, most sentence
+    embedders): every word is tokenized on its own from character-local normalisation, so a span that starts and
+    ends at whitespace has exactly the tokens the whole-text tokenization places inside it. Byte-level BPE or
+    SentencePiece mark word starts by the preceding space: there a chunk is counted on its own."""
+    bt = _backend(tokenizer)
+    if bt is None:
+        return False
+    pre, norm, model = bt.pre_tokenizer, bt.normalizer, bt.model
+    return (type(pre).__name__ == "BertPreTokenizer" and type(model).__name__ == "WordPiece"
+            and (norm is None or type(norm).__name__ == "BertNormalizer"))
+
+
+def _offsets(tokenizer: Any, texts: list[str]) -> list[list[tuple[int, int]]]:
+    bt = _backend(tokenizer)
+    if bt is not None:
+        return [e.offsets for e in bt.encode_batch(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
+
+
 class _Tokens:
     """Token start/end offsets of the whole text, with O(log n) counting of any span."""
 
@@ -63,9 +116,7 @@ class _Tokens:
         pieces = _pieces(text)
         if not pieces:
             return
-        enc = tokenizer([text[a:b] for a, b in pieces], add_special_tokens=False, return_offsets_mapping=True,
-                        verbose=False)
-        for (a, _b), offsets in zip(pieces, enc["offset_mapping"]):
+        for (a, _b), offsets in zip(pieces, _offsets(tokenizer, [text[a:b] for a, b in pieces])):
             for s, e in offsets:
                 self.starts.append(a + s)
                 self.ends.append(a + e)
@@ -357,10 +408,21 @@ def chunk(doc: LoadedDocument, tokenizer: Any, size: int, overlap: int,
         if b > a:
             trimmed.append((a, b))
 
-    # Exact token counts: each chunk tokenized on its own, exactly as the embedder will see it.
+    # Exact token counts, as the embedder will see each chunk on its own: read off the whole-text tokens where that
+    # is provably the same (WordPiece, span bounded by whitespace: ~30 % of the chunking time saved on SciFact),
+    # else each chunk tokenized on its own.
     final: list[tuple[int, int, int]] = []
-    counts = _count_many(tokenizer, [text[a:b] for a, b in trimmed])
+    counts: list[int | None] = [None] * len(trimmed)
+    if _counts_in_context(tokenizer):
+        n_text = len(text)
+        for i, (a, b) in enumerate(trimmed):
+            if (a == 0 or text[a - 1] in _BERT_SPACE) and (b == n_text or text[b] in _BERT_SPACE):
+                counts[i] = tokens.count(a, b)
+    todo = [i for i, n in enumerate(counts) if n is None]
+    for i, n in zip(todo, _count_many(tokenizer, [text[trimmed[i][0]:trimmed[i][1]] for i in todo])):
+        counts[i] = n
     for (a, b), n in zip(trimmed, counts):
+        assert n is not None
         if n <= limit:
             final.append((a, b, n))
         else:
@@ -386,6 +448,9 @@ def chunk(doc: LoadedDocument, tokenizer: Any, size: int, overlap: int,
 def _count_many(tokenizer: Any, texts: list[str]) -> list[int]:
     if not texts:
         return []
+    bt = _backend(tokenizer)
+    if bt is not None:
+        return [len(e.ids) for e in bt.encode_batch(texts, add_special_tokens=False)]
     enc = tokenizer(texts, add_special_tokens=False, verbose=False)
     return [len(ids) for ids in enc["input_ids"]]
 

@@ -305,3 +305,24 @@ def test_empty_and_bad_arguments(tok) -> None:  # type: ignore[no-untyped-def]
     for size, overlap in ((0, 0), (10, -1), (10, 10)):
         with pytest.raises(ValueError):
             chunk(doc, tok, size, overlap)
+
+
+def test_fast_token_path_gives_the_same_chunks(tok, corpus, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """The direct Rust-tokenizer path and counts read off the whole-text tokens (ingest/chunk.py: `_backend`,
+    `_counts_in_context`) change nothing: the same chunks, offsets and token counts as tokenizing through the HF
+    wrapper and counting every chunk on its own, on the real corpora and on text built to break word boundaries
+    (control and zero-width characters, accents split by NFD, CJK, tabs, a word longer than the window)."""
+    import ingest.chunk as C
+
+    assert C._counts_in_context(tok)  # MiniLM: WordPiece with BERT's normaliser and pre-tokenizer
+    odd = LoadedDocument(text=("Cafe\u0301 na\u00efve \u4e2d\u6587\u5b57 x\x1cy tab\there r\u00e9sum\u00e9 "
+                               "zero\u200bwidth\u00a0nbsp \u2028line " * 40 + "a" * 3000 + " end. ") * 3,
+                         media_type="text/plain")
+    docs = [d for _, d in corpus[::5]] + [odd]
+    fast = [chunk(d, tok, SIZE, OVERLAP, max_tokens=MAX_TOKENS) for d in docs]
+    monkeypatch.setattr(C, "_backend", lambda t: None)  # the HF wrapper, every chunk counted on its own
+    slow = [chunk(d, tok, SIZE, OVERLAP, max_tokens=MAX_TOKENS) for d in docs]
+    assert fast == slow
+    # the copy did not disturb the caller's tokenizer (MiniLM's tokenizer.json ships truncation at 128)
+    long = "word " * 400
+    assert n_tokens(tok, long) == 400
