@@ -38,7 +38,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +45,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT / "bench"))  # after the project: bench/ingest.py must not shadow the ingest package
+from _child import emit, run_child  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RESULTS = ROOT / "bench" / "results"
@@ -204,7 +205,7 @@ def main() -> None:
 
     if args.one:
         row = run_one(args.one[0], args.one[1], args.threads, args.profile, args.embed_alone_sample)
-        print("RESULT " + json.dumps(row), flush=True)
+        emit(row)
         return
 
     from rag.config import Settings
@@ -220,13 +221,7 @@ def main() -> None:
                 cmd.append("--profile")
             if args.embed_alone_sample:
                 cmd += ["--embed-alone-sample", str(args.embed_alone_sample)]
-            print(f"== {corpus} / {backend} (load average {os.getloadavg()[0]:.1f})", flush=True)
-            p = subprocess.run(cmd, capture_output=True, text=True)
-            line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if p.returncode != 0 or line is None:
-                print(p.stdout[-3000:], p.stderr[-3000:], file=sys.stderr)
-                raise SystemExit(f"{corpus}/{backend} failed (exit {p.returncode})")
-            row = json.loads(line[len("RESULT "):])
+            row = run_child(cmd, f"{corpus} / {backend}")
             rows.append(row)
             t = row["timings"]
             print(f"   {row['files']} files, {row['pages']} pages, {row['chunks']} chunks in {row['wall_s']:.1f}s: "

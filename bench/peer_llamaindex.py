@@ -43,7 +43,6 @@ import importlib.util
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +50,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+sys.path.append(str(ROOT / "bench"))  # after the project: bench/ingest.py must not shadow the ingest package
+from _child import emit, run_child  # noqa: E402  (standard library only: fine in .venv-peer)
 SHARED = Path(os.environ.get("CTXQA_SHARED", ROOT.parent / "shared")) / "data"
 CORPORA = {
     "fastapi-docs": SHARED / "corpora" / "fastapi-docs",
@@ -305,7 +306,7 @@ def child(job: str, limit: int | None, use_faiss: bool, threads: int | None) -> 
     row["network_attempts"] = NETWORK_ATTEMPTS
     row["issue_llamaindex"] = ISSUE[job]
     row["versions"] = _versions()
-    print("RESULT " + json.dumps(row), flush=True)
+    emit(row)
 
 
 def _versions() -> dict:
@@ -365,13 +366,7 @@ def main() -> None:
             cmd.append("--faiss")
         if args.threads:
             cmd += ["--threads", str(args.threads)]
-        print(f"== {job} (load average {os.getloadavg()[0]:.1f})", flush=True)
-        p = subprocess.run(cmd, capture_output=True, text=True)
-        line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if p.returncode != 0 or line is None:
-            print(p.stdout[-3000:], p.stderr[-3000:], file=sys.stderr)
-            raise SystemExit(f"{job} failed (exit {p.returncode})")
-        row = json.loads(line[len("RESULT "):])
+        row = run_child(cmd, job)
         if row["network_attempts"]:
             raise SystemExit(f"{job}: network access attempted (refused): {row['network_attempts']}")
         rows.append(row)
