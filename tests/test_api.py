@@ -878,7 +878,11 @@ def test_queue_fifo_capacity_cancel_and_concurrency() -> None:
             return run
 
         a = q.submit(job("a", wait=True))
-        await asyncio.sleep(0.1)  # a is running
+        for _ in range(1000):  # until a is running (a fixed sleep is not enough on a busy machine)
+            if q.active == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert q.active == 1
         b = q.submit(job("b"))
         c = q.submit(job("c"))
         with pytest.raises(QueueFull) as full:
@@ -907,14 +911,17 @@ def test_queue_fifo_capacity_cancel_and_concurrency() -> None:
         # N workers run N jobs at once
         q2 = GenerationQueue(capacity=0, workers=3)
         started = threading.Barrier(3, timeout=10)
+        release = threading.Event()  # holds the jobs: without it they may all finish before the 4th submit
 
         def together(cancel: threading.Event):  # type: ignore[no-untyped-def]
             started.wait()  # only passes when three jobs run concurrently
+            release.wait(10)
             yield "ok"
 
         jobs = [q2.submit(together) for _ in range(3)]
         with pytest.raises(QueueFull):  # all workers busy and no waiting room
             q2.submit(together)
+        release.set()
         for j in jobs:
             assert [x async for x in j.events()] == ["ok"]
         q2.close()
