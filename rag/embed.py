@@ -212,9 +212,9 @@ class Embedder:
             if backend == "openvino":
                 self._onnx, self._onnx_fp32 = full, None
                 return
-            calib = [self._pad([e.ids]) for e in tk.encode_batch(calibration_texts())]
             self._onnx = load_verified(fp32, threads=threads, precision="int8", probe_feeds=probe,
-                                       calibration=calib)
+                                       calibration=lambda: [self._pad([e.ids])
+                                                            for e in tk.encode_batch(calibration_texts())])
             self._onnx_fp32 = full if self.small_call_texts > 0 else None
             return
         precision = "int8" if backend == "onnx-int8" else "fp32"

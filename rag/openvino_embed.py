@@ -30,6 +30,7 @@ import shutil
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -92,10 +93,14 @@ def _calibration_digest() -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def ensure_quantized(onnx_path: Path, calibration: list[tuple[np.ndarray, np.ndarray]]) -> Path:
+Calibration = Callable[[], list[tuple[np.ndarray, np.ndarray]]]
+
+
+def ensure_quantized(onnx_path: Path, calibration: Calibration) -> Path:
     """Path of the int8 OpenVINO model (IR .xml) quantised from the fp32 export `onnx_path`, made once.
 
-    `calibration`: (input_ids, attention_mask) batches, one text each (no padding in the statistics). The result
+    `calibration()`: (input_ids, attention_mask) batches, one text each (no padding in the statistics); called
+    only when the model has to be made, so a process that finds it cached tokenizes nothing. The result
     is keyed by the recipe revision, the OpenVINO and NNCF versions and the calibration file, and published by
     renaming a finished directory into place, so concurrent processes never load a half-written model."""
     import openvino as ov
@@ -116,7 +121,7 @@ def ensure_quantized(onnx_path: Path, calibration: list[tuple[np.ndarray, np.nda
             return xml
         log.warning("quantising the embedder to int8 for OpenVINO (once, ~20 s) under %s", target)
         feeds = [{"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-                 for ids, mask in calibration]
+                 for ids, mask in calibration()]
         model = _core().read_model(str(onnx_path))
         tmp = Path(tempfile.mkdtemp(dir=onnx_path.parent, prefix=".openvino-int8-"))
         from nncf.common.logging import nncf_logger
@@ -195,7 +200,7 @@ def verify(encoder: OpenVinoEncoder, reference: Any, feeds: tuple[np.ndarray, np
 
 def load_verified(onnx_path: Path, *, threads: int | None, precision: str | None,
                   probe_feeds: tuple[np.ndarray, np.ndarray],
-                  calibration: list[tuple[np.ndarray, np.ndarray]] | None = None) -> OpenVinoEncoder:
+                  calibration: Calibration | None = None) -> OpenVinoEncoder:
     """An OpenVinoEncoder for the cached fp32 export (or, for precision "int8", its quantised model, made from
     `calibration` when missing), verified against ONNX Runtime fp32 once per OpenVINO version and precision (the
     verdict is memoised next to the export)."""
