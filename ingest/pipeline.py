@@ -118,6 +118,7 @@ class _Prepared:
     error: LoadError | None = None
     t_extract: float = 0.0
     t_chunk: float = 0.0
+    etexts: list[str] | None = None  # what the embedder sees of each spec (`Ingestor._etexts`), computed once
 
 
 def parse_meta_args(items: Sequence[str]) -> dict[str, str]:
@@ -372,10 +373,8 @@ class Ingestor:
                      report: IngestReport) -> None:
         """Embed the chunks of pending *new* documents now, while the worker extracts the next file. Changed
         documents wait for their group: most of their chunks reuse stored vectors."""
-        todo = list(dict.fromkeys(
-            et for prep, old in pending if old is None or old.status != "ingested"
-            for et in (self._embedding_text(sp.text, _title(prep), sp.heading_path, sp.token_count)
-                       for sp in prep.specs) if et not in ahead))
+        todo = list(dict.fromkeys(et for prep, old in pending if old is None or old.status != "ingested"
+                                  for et in self._etexts(prep) if et not in ahead))
         if len(todo) < _AHEAD_MIN_CHUNKS:
             return
         t = time.perf_counter()
@@ -403,8 +402,7 @@ class Ingestor:
                     reuse[et] = c.embedding
                     old_etext[c.id] = et
                     old_rows.setdefault(c.document_id, {})[c.ordinal] = c
-        etexts = {id(sp): self._embedding_text(sp.text, _title(prep), sp.heading_path, sp.token_count)
-                  for prep, _ in group for sp in prep.specs}
+        etexts = {id(sp): et for prep, _ in group for sp, et in zip(prep.specs, self._etexts(prep))}
         ahead = ahead or {}
         uniq = list(dict.fromkeys(et for et in etexts.values() if et not in reuse and et not in ahead))
         report.timings["store"] += time.perf_counter() - t
@@ -493,6 +491,13 @@ class Ingestor:
         report.timings["index"] += time.perf_counter() - t
         report.results.extend(results)
         return results
+
+    def _etexts(self, prep: _Prepared) -> list[str]:
+        """Embedding texts of a prepared file's chunks (embedding ahead and storing both need them)."""
+        if prep.etexts is None:
+            prep.etexts = [self._embedding_text(sp.text, _title(prep), sp.heading_path, sp.token_count)
+                           for sp in prep.specs]
+        return prep.etexts
 
     def _embedding_text(self, text: str, title: str | None, headings: Sequence[str], tokens: int | None) -> str:
         return embedding_text(text, title, headings, count_tokens=self.embedder.count_tokens,
