@@ -15,7 +15,9 @@ Variants
   padded tokens
 - onnx-int8@fixed64: int8, sorted but 64 texts per batch whatever their length (no token budget)
 - onnx-int8@unsorted64: int8, 64 texts per batch in input order (what naive batching pays in padding)
-- onnx-int8@B for each B in --budgets: the token-budget sweep
+- onnx-int8@B for each B in --budgets: the token-budget sweep (any backend@B works in --variants)
+- openvino@latency / openvino-int8@latency: every batch on the query model (one stream using all threads)
+  instead of the bulk model (one single-thread stream per core, a batch in flight on each)
 Results go to bench/results/embed.json.
 """
 
@@ -136,6 +138,16 @@ def main() -> None:
             runs[v] = lambda texts, e=e: fixed_batches(e, texts, 64, sort=True)
         elif mod == "unsorted64":
             runs[v] = lambda texts, e=e: fixed_batches(e, texts, 64, sort=False)
+        elif mod == "latency":  # every call on the query model (one stream, all threads): the pre-streams path
+
+            def run_latency(texts: list[str], e: Embedder = e) -> np.ndarray:
+                old = e.small_call_texts
+                e.small_call_texts = len(texts)
+                try:
+                    return e.encode(texts)
+                finally:
+                    e.small_call_texts = old
+            runs[v] = run_latency
         else:
             budget = int(mod)
 

@@ -51,8 +51,9 @@ class Settings(BaseSettings):
                     "with a warning.",
     )
     embedding_batch_size: int = 64
-    embedding_batch_tokens: int = Field(
-        8192, ge=1, description="ONNX backends: most padded tokens per batch (length-bucketed batching).")
+    embedding_batch_tokens: int | None = Field(
+        None, ge=1, description="ONNX/OpenVINO backends: most padded tokens per batch (length-bucketed batching); "
+                                "default: the backend's measured best (OpenVINO 2048, ONNX Runtime 8192).")
     embedding_threads: int | None = Field(None, ge=1, description="Inference threads; default: all cores.")
     embedding_cache_dir: Path | None = Field(
         None, description="Where exported ONNX models are cached; default $XDG_CACHE_HOME/ctxqa (~/.cache/ctxqa).")

@@ -15,7 +15,9 @@ Backends (`Settings.embedding_backend`):
   (queries) on the fp32 graph: int8 for the bulk where speed matters, full precision where it does not.
 - "openvino": the same fp32 export compiled by OpenVINO, which runs it in bf16 on CPUs with native bf16 (AMX,
   AVX512-BF16): on a Xeon with AMX ~2x ONNX Runtime int8 and ~3.7x fp32, on an EPYC (AVX512-BF16, no AMX) only
-  ~1.7x fp32; vectors within cosine 0.9999 of fp32 (rag/openvino_embed.py). Queries run on the same graph.
+  ~1.7x fp32; vectors within cosine 0.9999 of fp32 (rag/openvino_embed.py). Bulk calls run on a
+  throughput-compiled model (a single-thread stream per core, one batch in flight on each, batch widths padded to
+  a multiple of 16 for AMX tiles), small calls (queries) on a latency-compiled one (all threads on one request).
 - "openvino-int8": the same export quantised to int8 once by NNCF (static, calibrated on texts shipped with
   ctxqa) and run by OpenVINO: ~1.6x bf16 on CPUs with VNNI but no AMX (AMD EPYC, 2 cores: 21.4k vs 13.2k word
   pieces/s; its int8 matmuls then run at ~90 % of the cores' VNNI peak, so this is about the ceiling for MiniLM
@@ -80,6 +82,11 @@ def canonical_model_name(spec: str) -> str:
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
 
+# Padded tokens per batch when the settings leave it open, measured per runtime (bench/embed.py, 2 cores).
+# OpenVINO runs a batch per single-thread stream: 1-4k tokens per batch embed ~10 % more word pieces per second
+# than 8k (16k: -25 %), as a batch's activations then stay in the core's L2. ONNX Runtime: 8k.
+DEFAULT_BATCH_TOKENS = {"openvino": 2048, "openvino-int8": 2048, "onnx": 8192, "onnx-int8": 8192}
+
 
 def auto_backend() -> str:
     """The fastest backend measured for this CPU (bench/embed.py): OpenVINO bf16 where AMX makes bf16 matmuls as
@@ -130,7 +137,7 @@ class Embedder:
     """
 
     def __init__(self, spec: str = DEFAULT_EMBEDDING_MODEL, *, backend: str = "torch", batch_size: int = 64,
-                 threads: int | None = None, batch_tokens: int = 8192, cache_dir: Path | str | None = None,
+                 threads: int | None = None, batch_tokens: int | None = None, cache_dir: Path | str | None = None,
                  small_call_texts: int = 8) -> None:
         if backend not in BACKENDS:
             raise EmbedderError(f"embedding backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -138,7 +145,7 @@ class Embedder:
         self.path = resolve_embedding_model(spec)
         self.name = canonical_model_name(spec)
         self.batch_size = batch_size
-        self.batch_tokens = max(int(batch_tokens), 1)
+        self.batch_tokens = max(int(batch_tokens), 1) if batch_tokens else 8192  # the backend's own, below
         self.threads = threads
         self.requested_backend = backend
         self.backend = auto_backend() if backend == "auto" else backend
@@ -166,6 +173,8 @@ class Embedder:
                 self.backend = "torch"
         if self.backend == "torch":
             self._init_torch(threads)
+        if not batch_tokens:
+            self.batch_tokens = DEFAULT_BATCH_TOKENS.get(self.backend, 8192)
         # A fast tokenizer's __call__ mutates shared padding/truncation state, so a tokenizer used from another
         # thread (the chunker runs in a worker; the API counts tokens) must not be the model's own instance.
         self.tokenizer = self.new_tokenizer()
@@ -206,16 +215,19 @@ class Embedder:
 
             fp32 = ensure_exported(self.path, "fp32", cache, threads)
             probe = self._pad([e.ids for e in tk.encode_batch(probe_texts())])
-            # bf16 (or f32) graph: all of "openvino", the small calls (queries) of "openvino-int8". bf16 queries
-            # are within 0.1% of fp32 (cosine > 0.998).
-            full = load_verified(fp32, threads=threads, precision=None, probe_feeds=probe)
+            # Bulk calls run a throughput-compiled model (several single-thread streams), small calls (queries) a
+            # latency-compiled one (all threads on one request): the bf16 (or f32) graph, within 0.1 % of fp32
+            # (cosine > 0.998). The bulk model is that same graph for "openvino", the int8 one for "openvino-int8".
+            if self.small_call_texts > 0:
+                self._onnx_fp32 = load_verified(fp32, threads=threads, precision=None, probe_feeds=probe)
             if backend == "openvino":
-                self._onnx, self._onnx_fp32 = full, None
+                self._onnx = load_verified(fp32, threads=threads, precision=None, probe_feeds=probe,
+                                           mode="throughput")
                 return
             self._onnx = load_verified(fp32, threads=threads, precision="int8", probe_feeds=probe,
                                        calibration=lambda: [self._pad([e.ids])
-                                                            for e in tk.encode_batch(calibration_texts())])
-            self._onnx_fp32 = full if self.small_call_texts > 0 else None
+                                                            for e in tk.encode_batch(calibration_texts())],
+                                       mode="throughput")
             return
         precision = "int8" if backend == "onnx-int8" else "fp32"
         path = ensure_exported(self.path, precision, cache, threads)
@@ -224,8 +236,8 @@ class Embedder:
             self._onnx_fp32 = OnnxEncoder(ensure_exported(self.path, "fp32", cache, threads), threads=threads)
 
     @staticmethod
-    def _pad(ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-        width = max(len(x) for x in ids)
+    def _pad(ids: list[list[int]], align: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        width = -(-max(len(x) for x in ids) // align) * align
         arr = np.zeros((len(ids), width), dtype=np.int64)
         mask = np.zeros((len(ids), width), dtype=np.int64)
         for r, x in enumerate(ids):
@@ -289,10 +301,17 @@ class Embedder:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         session = self._onnx_fp32 if self._onnx_fp32 is not None and len(texts) <= self.small_call_texts \
             else self._onnx
-        for b in self.batches([len(x) for x in ids], stripped, batch_size=batch_size):
-            arr, mask = self._pad([ids[i] for i in b])
-            with self._lock:  # per batch, so a query can slip in between the batches of a long ingest
-                out[b] = session.embed(arr, mask)
+        align = getattr(session, "align", 1)
+        streams = getattr(session, "streams", 1)
+        batches = self.batches([len(x) for x in ids], stripped, batch_size=batch_size)
+        for r in range(0, len(batches), streams):
+            todo = batches[r:r + streams]
+            feeds = [self._pad([ids[i] for i in b], align) for b in todo]
+            # One round (a batch per stream) at a time, so a query can slip in between the rounds of a long ingest.
+            with self._lock:
+                vecs = session.embed_many(feeds) if streams > 1 else [session.embed(*feeds[0])]
+            for b, v in zip(todo, vecs):
+                out[b] = v
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         out /= np.maximum(norms, 1e-12)
         return out

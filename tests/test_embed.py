@@ -140,8 +140,52 @@ def test_openvino_close_to_torch(embedder: Embedder, openvino: Embedder, real_te
     cos = _cos(openvino.encode(real_texts), ref)
     assert openvino._onnx.precision == ("bf16" if bf16_capable() else "f32")
     assert cos.min() > (0.998 if openvino._onnx.precision == "bf16" else 0.9999)
-    for q in ["ok", "What is FastAPI?"]:  # queries run on the same graph
+    for q in ["ok", "What is FastAPI?"]:  # queries run the same graph, compiled for latency
         assert float(openvino.encode_query(q) @ embedder.encode_query(q)) > 0.998
+
+
+def test_openvino_bulk_runs_a_batch_per_stream(embedder: Embedder, openvino: Embedder, real_texts: list[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bulk calls go to the throughput-compiled model, a batch in flight per stream, widths padded to 16; each
+    vector lands in its own text's row whatever order the streams finish in; queries use the latency model."""
+    bulk, small = openvino._onnx, openvino._onnx_fp32
+    assert (bulk.mode, small.mode, small.streams) == ("throughput", "latency", 1)
+    assert bulk.streams == int(bulk.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    if (os.cpu_count() or 1) >= 2:
+        assert bulk.streams >= 2
+    rounds: list[list[tuple[int, int]]] = []
+    real_many = bulk.embed_many
+
+    def spy(feeds):  # type: ignore[no-untyped-def]
+        rounds.append([ids.shape for ids, _ in feeds])
+        return real_many(feeds)
+
+    monkeypatch.setattr(bulk, "embed_many", spy)
+    texts = real_texts + [t * (1 + i % 5) for i, t in enumerate(TEXTS)]  # many lengths: many batches
+    got = openvino.encode(texts)
+    assert sum(len(r) for r in rounds) > bulk.streams  # several rounds, a batch per stream in each
+    assert max(len(r) for r in rounds) == bulk.streams
+    assert all(w % bulk.align == 0 for r in rounds for _, w in r)
+    assert _cos(got, embedder.encode(texts)).min() > 0.998  # a vector in another text's row would fail this
+    # The padding to 16 columns is masked out: one text alone gives the same vector padded or not.
+    ids = np.array([openvino._batch_tokenizer.encode("net sales increased 8%").ids])
+    mask = np.ones_like(ids)
+    wide, wmask = np.zeros((1, 16), dtype=np.int64), np.zeros((1, 16), dtype=np.int64)
+    wide[0, :ids.shape[1]], wmask[0, :ids.shape[1]] = ids[0], 1
+    assert ids.shape[1] < 16
+    assert _cos(bulk.embed(ids, mask), bulk.embed(wide, wmask))[0] > 0.9999
+    n = len(rounds)
+    openvino.encode(["What is FastAPI?", "ok"])  # a small call: the latency model, no bulk round
+    assert len(rounds) == n
+
+
+def test_batch_token_budget_defaults_by_runtime(onnx_cache: Path, openvino: Embedder, onnx_int8: Embedder) -> None:
+    """OpenVINO's streams take small batches (2k padded tokens), ONNX Runtime big ones (8k); a setting wins."""
+    from rag.embed import DEFAULT_BATCH_TOKENS
+
+    assert Embedder(backend="openvino", cache_dir=onnx_cache).batch_tokens == DEFAULT_BATCH_TOKENS["openvino"] == 2048
+    assert Embedder(backend="onnx-int8", cache_dir=onnx_cache).batch_tokens == 8192
+    assert Embedder(backend="openvino", cache_dir=onnx_cache, batch_tokens=1000).batch_tokens == 1000
 
 
 def test_openvino_verdict_is_memoised(onnx_cache: Path, openvino: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
