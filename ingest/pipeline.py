@@ -5,16 +5,22 @@
   their ids, and any chunk whose text was embedded before reuses its stored vector.
 - Each group of documents is committed in one transaction that also bumps the collection generation; the
   faiss index follows after the commit and is saved at the end (see rag/store.py for why that is safe).
-- Loading and chunking of the next files runs in a worker thread while the current batch is embedded. When the
-  worker is still busy with the next file after `_AHEAD_WAIT_S` and at least `_AHEAD_MIN_CHUNKS` chunks of new
-  documents wait, they are embedded ahead instead of idling: a folder of a few large PDFs otherwise extracts and
-  embeds in turn (sec-10q, 2 filings: pipeline / embedding alone 1.50 → 1.33, bench/ingest.py).
+- Three stages overlap: an extraction thread loads and chunks files up to two groups ahead, the calling thread
+  embeds a group (the embedder's own threads do the work, without the GIL), and a writer thread commits the
+  previous group and adds it to the index. On 2 cores the Python work of extraction and storage then fills the
+  gaps of the embedder instead of following it (SciFact: it was 19 s of 95 s, serial).
+- A group is cut at ~1,000 chunks, or earlier when the extraction thread is still busy on the next file after
+  `_AHEAD_WAIT_S` and at least `_AHEAD_MIN_CHUNKS` chunks wait: a folder of a few large PDFs otherwise extracts
+  and embeds in turn (sec-10q, 2 filings: pipeline / embedding alone 1.50 → 1.33, bench/ingest.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -40,10 +46,11 @@ from rag.types import ChunkSpec, LoadedDocument
 
 Status = str  # added | updated | unchanged | skipped | failed | removed
 
-# Embedding ahead only pays with a batch worth the call, and when the worker is slow on the next file: embedding
+# A group is cut early only with a batch worth the call, and when the worker is slow on the next file: embedding
 # small groups whenever it lags a little costs more in batching than the overlap gains (SciFact: +17 % embed time).
 _AHEAD_MIN_CHUNKS = 64
 _AHEAD_WAIT_S = 0.05
+_AHEAD_MAX_FILES = 1024
 
 
 @dataclass
@@ -119,6 +126,26 @@ class _Prepared:
     t_extract: float = 0.0
     t_chunk: float = 0.0
     etexts: list[str] | None = None  # what the embedder sees of each spec (`Ingestor._etexts`), computed once
+
+
+@dataclass
+class _Plan:
+    """What `_embed_group` hands the writer: stored vectors to reuse, the old rows and what was embedded for them,
+    each chunk spec's embedding text (by id of the spec), and the fresh vectors."""
+
+    reuse: dict[str, bytes] = field(default_factory=dict)
+    old_rows: dict[int, dict[int, Chunk]] = field(default_factory=dict)
+    old_etext: dict[int, str] = field(default_factory=dict)
+    etexts: dict[int, str] = field(default_factory=dict)
+    fresh: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class _Written:
+    results: list[FileResult]
+    reused: int
+    t_store: float
+    t_index: float
 
 
 def parse_meta_args(items: Sequence[str]) -> dict[str, str]:
@@ -234,39 +261,66 @@ class Ingestor:
 
         pending: list[tuple[_Prepared, Document | None]] = []
         pending_chunks = 0
-        ahead: dict[str, bytes] = {}  # embedding text -> vector of pending chunks embedded ahead
         # Groups of ~1,000 chunks: big enough that length-bucketed batches come out full (small groups cost ~20 %
         # more embedding time), small enough that progress and commits stay frequent.
         batch_target = max(self.settings.embedding_batch_size * 16, 128)
-        for prep, next_ready in self._prepare_all(todo, existing, meta or {}, password):
-            report.timings["extract"] += prep.t_extract
-            report.timings["chunk"] += prep.t_chunk
-            old = existing.get(prep.found.source)
-            if prep.error is not None:
-                res = FileResult(prep.found.source, str(prep.found.path),
-                                 "skipped" if prep.error.reason in ("empty",) else "failed",
-                                 str(prep.error), pages=0)
-                self._record_failure(coll, prep, old, res)
-                report.results.append(res)
-                tick(res)
-                continue
-            if prep.doc is None:  # unchanged
-                res = FileResult(prep.found.source, str(prep.found.path), "unchanged",
-                                 document_id=old.id if old else None, chunks=0)
-                report.results.append(res)
-                tick(res)
-                continue
-            pending.append((prep, old))
-            pending_chunks += len(prep.specs)
-            if pending_chunks >= batch_target:
-                for res in self._store_group(coll, pending, report, ahead):
+        # One group is written (SQL rows, then the index) by the writer thread while the next one is embedded.
+        writing: Future[_Written] | None = None
+
+        def finish() -> None:
+            nonlocal writing
+            if writing is not None:
+                done_, writing = writing, None
+                out = done_.result()
+                report.results.extend(out.results)
+                report.chunks_reused += out.reused
+                report.timings["store"] += out.t_store
+                report.timings["index"] += out.t_index
+                for res in out.results:
                     tick(res)
-                pending, pending_chunks, ahead = [], 0, {}
-            elif not next_ready:
-                self._embed_ahead(pending, ahead, report)
-        if pending:
-            for res in self._store_group(coll, pending, report, ahead):
-                tick(res)
+
+        def flush() -> None:
+            nonlocal writing, pending, pending_chunks
+            group, pending, pending_chunks = pending, [], 0
+            plan = self._embed_group(group, report)
+            finish()  # groups commit in order, one in flight
+            writing = writer.submit(self._write_group, coll, group, plan)
+
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxqa-store")
+        try:
+            with contextlib.closing(self._prepare_all(todo, existing, meta or {}, password,
+                                                      2 * batch_target)) as prepared:
+                for prep, next_ready in prepared:
+                    report.timings["extract"] += prep.t_extract
+                    report.timings["chunk"] += prep.t_chunk
+                    old = existing.get(prep.found.source)
+                    if prep.error is not None:
+                        res = FileResult(prep.found.source, str(prep.found.path),
+                                         "skipped" if prep.error.reason in ("empty",) else "failed",
+                                         str(prep.error), pages=0)
+                        self._record_failure(coll, prep, old, res)
+                        report.results.append(res)
+                        tick(res)
+                        continue
+                    if prep.doc is None:  # unchanged
+                        res = FileResult(prep.found.source, str(prep.found.path), "unchanged",
+                                         document_id=old.id if old else None, chunks=0)
+                        report.results.append(res)
+                        tick(res)
+                        continue
+                    pending.append((prep, old))
+                    pending_chunks += len(prep.specs)
+                    # A full group, or the worker is still busy on the next file (a big PDF) with enough waiting
+                    # to fill batches: embed now rather than idle.
+                    if pending_chunks >= batch_target or (not next_ready and pending_chunks >= _AHEAD_MIN_CHUNKS):
+                        flush()
+            if pending:
+                flush()
+            finish()
+        finally:
+            if writing is not None:  # an error above: let the group in flight land (or fail) before returning
+                wait([writing])
+            writer.shutdown(wait=True)
 
         if prune:
             report.results.extend(self._prune(coll, roots, {f.source for f in found}, existing))
@@ -289,27 +343,66 @@ class Ingestor:
 
     # -- preparation (worker thread) -----------------------------------------------------------------------
     def _prepare_all(self, todo: list[Found], existing: dict[str, Document], meta: dict[str, Any],
-                     password: str | None) -> Iterator[tuple[_Prepared, bool]]:
-        """Load+chunk up to three files ahead of the consumer (overlaps extraction with embedding). Yields each
-        prepared file with whether the next one is ready (False: the worker is still on it)."""
+                     password: str | None, chunk_limit: int) -> Iterator[tuple[_Prepared, bool]]:
+        """Load+chunk files in a worker thread, ahead of the consumer by up to `chunk_limit` chunks (at least one
+        file, at most `_AHEAD_MAX_FILES`): a group of small files (SciFact abstracts) is ready by the time the
+        previous one is embedded, and a few big PDFs do not pile up in memory. Yields each prepared file with
+        whether the next one was ready within `_AHEAD_WAIT_S` (False: the worker is still on it)."""
         if not todo:
             return
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxqa-extract") as pool:
-            futures: list[Future[_Prepared]] = []
-            it = iter(todo)
-            for f in it:
-                futures.append(pool.submit(self._prepare, f, existing.get(f.source), meta, password))
-                if len(futures) >= 3:
+        results: queue.Queue[_Prepared | BaseException] = queue.Queue()
+        room = threading.Condition()
+        ahead = {"files": 0, "chunks": 0}
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for f in todo:
+                    with room:
+                        while not stop.is_set() and ahead["files"] and (
+                                ahead["chunks"] >= chunk_limit or ahead["files"] >= _AHEAD_MAX_FILES):
+                            room.wait()
+                    if stop.is_set():
+                        return
+                    prep = self._prepare(f, existing.get(f.source), meta, password)
+                    with room:
+                        ahead["files"] += 1
+                        ahead["chunks"] += len(prep.specs)
+                    results.put(prep)
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+                results.put(e)
+
+        def take(timeout: float | None = None) -> _Prepared:
+            item = results.get(timeout=timeout)
+            if isinstance(item, BaseException):
+                raise item
+            with room:
+                ahead["files"] -= 1
+                ahead["chunks"] -= len(item.specs)
+                room.notify()
+            return item
+
+        worker = threading.Thread(target=produce, name="ctxqa-extract", daemon=True)
+        worker.start()
+        try:
+            nxt: _Prepared | None = take()
+            for i in range(len(todo)):
+                prep = nxt if nxt is not None else take()
+                nxt = None
+                if i + 1 == len(todo):  # the last file counts as ready: its group is stored right away
+                    yield prep, True
                     break
-            while futures:
-                prep = futures.pop(0).result()
-                nxt = next(it, None)
-                if nxt is not None:
-                    futures.append(pool.submit(self._prepare, nxt, existing.get(nxt.source), meta, password))
-                # "Ready" = done within _AHEAD_WAIT_S: small files (SciFact abstracts, ~3 ms each) always are, so
-                # their chunks still gather into full groups; a big PDF is not. The last file counts as ready: its
-                # group is stored right away.
-                yield prep, not futures or not wait([futures[0]], timeout=_AHEAD_WAIT_S).not_done
+                try:
+                    nxt = take(timeout=_AHEAD_WAIT_S)
+                except queue.Empty:
+                    yield prep, False
+                else:
+                    yield prep, True
+        finally:
+            stop.set()
+            with room:
+                room.notify_all()
+            worker.join()
 
     def _prepare(self, f: Found, old: Document | None, meta: dict[str, Any], password: str | None) -> _Prepared:
         t = time.perf_counter()
@@ -369,50 +462,40 @@ class Ingestor:
         meta["_added"] = prep.extra_meta  # what the user added, to detect metadata-only changes
         return _json_safe(meta)
 
-    def _embed_ahead(self, pending: list[tuple[_Prepared, Document | None]], ahead: dict[str, bytes],
-                     report: IngestReport) -> None:
-        """Embed the chunks of pending *new* documents now, while the worker extracts the next file. Changed
-        documents wait for their group: most of their chunks reuse stored vectors."""
-        todo = list(dict.fromkeys(et for prep, old in pending if old is None or old.status != "ingested"
-                                  for et in self._etexts(prep) if et not in ahead))
-        if len(todo) < _AHEAD_MIN_CHUNKS:
-            return
-        t = time.perf_counter()
-        vecs = self.embedder.encode(todo)
-        report.timings["embed"] += time.perf_counter() - t
-        report.chunks_embedded += len(todo)
-        ahead.update((txt, vecs[i].tobytes()) for i, txt in enumerate(todo))
-
-    def _store_group(self, coll: Collection, group: list[tuple[_Prepared, Document | None]],
-                     report: IngestReport, ahead: dict[str, bytes] | None = None) -> list[FileResult]:
+    def _embed_group(self, group: list[tuple[_Prepared, Document | None]], report: IngestReport) -> _Plan:
+        """Main thread: find the vectors a group can reuse, embed the rest."""
         # Reuse stored vectors for chunk texts embedded before (edits usually touch a few chunks).
         t = time.perf_counter()
         # Vectors are keyed by what was embedded (chunk text under its title and headings): an unchanged chunk
         # of a retitled document is embedded again, an unchanged one anywhere in the group is not.
+        plan = _Plan()
         old_ids = [old.id for _, old in group if old is not None]
         old_title = {old.id: old.title for _, old in group if old is not None}
-        reuse: dict[str, bytes] = {}
-        old_rows: dict[int, dict[int, Chunk]] = {}
-        old_etext: dict[int, str] = {}
         if old_ids:
             with self.db.session() as s:
                 for c in s.scalars(select(Chunk).where(Chunk.document_id.in_(old_ids))):
+                    s.expunge(c)  # written back (merged) by the writer thread's own session
                     et = self._embedding_text(c.text, old_title.get(c.document_id), c.heading_path or (),
                                               c.token_count)
-                    reuse[et] = c.embedding
-                    old_etext[c.id] = et
-                    old_rows.setdefault(c.document_id, {})[c.ordinal] = c
-        etexts = {id(sp): et for prep, _ in group for sp, et in zip(prep.specs, self._etexts(prep))}
-        ahead = ahead or {}
-        uniq = list(dict.fromkeys(et for et in etexts.values() if et not in reuse and et not in ahead))
+                    plan.reuse[et] = c.embedding
+                    plan.old_etext[c.id] = et
+                    plan.old_rows.setdefault(c.document_id, {})[c.ordinal] = c
+        plan.etexts = {id(sp): et for prep, _ in group for sp, et in zip(prep.specs, self._etexts(prep))}
+        uniq = list(dict.fromkeys(et for et in plan.etexts.values() if et not in plan.reuse))
         report.timings["store"] += time.perf_counter() - t
         t = time.perf_counter()
         vecs = self.embedder.encode(uniq)
         report.timings["embed"] += time.perf_counter() - t
         report.chunks_embedded += len(uniq)
-        fresh = dict(ahead)
-        fresh.update((txt, vecs[i].tobytes()) for i, txt in enumerate(uniq))
+        plan.fresh = {txt: vecs[i].tobytes() for i, txt in enumerate(uniq)}
+        return plan
 
+    def _write_group(self, coll: Collection, group: list[tuple[_Prepared, Document | None]], plan: _Plan
+                     ) -> _Written:
+        """Writer thread: one transaction for the group's documents and chunks (bumping the collection
+        generation), then the index. Groups are written one at a time, in order."""
+        old_rows, old_etext, etexts, reuse, fresh = plan.old_rows, plan.old_etext, plan.etexts, plan.reuse, plan.fresh
+        reused = 0
         t = time.perf_counter()
         results: list[FileResult] = []
         add_ids: list[int] = []
@@ -456,7 +539,7 @@ class Ingestor:
                                   page_end=sp.page_end, heading_path=list(sp.heading_path),
                                   token_count=sp.token_count, meta={})
                     if sp.ordinal in keep:  # same ordinal and text: keep the row, its id and its vector
-                        report.chunks_reused += 1
+                        reused += 1
                         row = s.merge(keep[sp.ordinal])
                         relex_ids.append(row.id)
                         for k, v in fields.items():
@@ -465,7 +548,7 @@ class Ingestor:
                     et = etexts[id(sp)]
                     emb = reuse.get(et) or fresh[et]
                     if et in reuse:
-                        report.chunks_reused += 1
+                        reused += 1
                     row = Chunk(document_id=doc.id, collection_id=coll.id, ordinal=sp.ordinal, text=sp.text,
                                 embedding=emb, **fields)
                     s.add(row)
@@ -482,18 +565,16 @@ class Ingestor:
             repo.bump_generation(s, coll.id)
             s.flush()
             gen = int(s.scalar(select(Collection.generation).where(Collection.id == coll.id)) or 0)
-        report.timings["store"] += time.perf_counter() - t
+        t_store = time.perf_counter() - t
         t = time.perf_counter()
         vec_arr = (np.frombuffer(b"".join(add_vecs), dtype=np.float32).reshape(len(add_vecs), -1)
                    if add_vecs else None)
         self.store.apply(coll, gen, add_ids=np.asarray(add_ids, dtype=np.int64), add_vecs=vec_arr,
                          remove_ids=remove_ids, relex_ids=relex_ids, save=False)
-        report.timings["index"] += time.perf_counter() - t
-        report.results.extend(results)
-        return results
+        return _Written(results, reused, t_store, time.perf_counter() - t)
 
     def _etexts(self, prep: _Prepared) -> list[str]:
-        """Embedding texts of a prepared file's chunks (embedding ahead and storing both need them)."""
+        """Embedding texts of a prepared file's chunks (computed once per file)."""
         if prep.etexts is None:
             prep.etexts = [self._embedding_text(sp.text, _title(prep), sp.heading_path, sp.token_count)
                            for sp in prep.specs]

@@ -301,17 +301,20 @@ class Embedder:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         session = self._onnx_fp32 if self._onnx_fp32 is not None and len(texts) <= self.small_call_texts \
             else self._onnx
-        align = getattr(session, "align", 1)
-        streams = getattr(session, "streams", 1)
         batches = self.batches([len(x) for x in ids], stripped, batch_size=batch_size)
-        for r in range(0, len(batches), streams):
-            todo = batches[r:r + streams]
-            feeds = [self._pad([ids[i] for i in b], align) for b in todo]
-            # One round (a batch per stream) at a time, so a query can slip in between the rounds of a long ingest.
-            with self._lock:
-                vecs = session.embed_many(feeds) if streams > 1 else [session.embed(*feeds[0])]
-            for b, v in zip(todo, vecs):
+        if getattr(session, "streams", 1) > 1:
+            # OpenVINO streams: the whole call under the bulk model's own lock (a query runs on the latency model
+            # meanwhile), batches padded while the streams run.
+            with session.lock:
+                vecs = session.embed_many(self._pad([ids[i] for i in b], session.align) for b in batches)
+            for b, v in zip(batches, vecs):
                 out[b] = v
+        else:
+            lock = getattr(session, "lock", self._lock)
+            for b in batches:
+                arr, mask = self._pad([ids[i] for i in b], getattr(session, "align", 1))
+                with lock:  # per batch, so a query can slip in between the batches of a long ingest
+                    out[b] = session.embed(arr, mask)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         out /= np.maximum(norms, 1e-12)
         return out

@@ -30,7 +30,7 @@ import shutil
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -153,8 +153,8 @@ class OpenVinoEncoder:
     Why two modes: on 2 cores, two single-thread streams embed ~10 % more word pieces per second than one
     two-thread stream (no barrier between the threads after each of the graph's ~100 ops, and a stream whose core
     is briefly taken by the extraction or storage thread does not stall the other), but a single query on a
-    single-thread stream takes twice as long. Callers serialise calls (rag/embed.py holds a lock per round of
-    batches), which also keeps one caller's batches from fighting another's over the cores.
+    single-thread stream takes twice as long. Callers serialise the calls to one model (`lock`), which also
+    keeps one caller's batches from fighting another's over the cores.
 
     `precision` "bf16" / "f32" runs an fp32 graph at that precision; "int8" names a quantised model (from
     `ensure_quantized`), whose remaining floating-point ops run in bf16 where the CPU has it. `align`: batch
@@ -191,6 +191,9 @@ class OpenVinoEncoder:
             if mode == "throughput" else 1
         self._request = self.compiled.create_infer_request()
         self._queue: Any = None
+        # Callers hold it per call: the request and the queue serve one call at a time. A per-model lock lets a
+        # query (latency model) run while an ingest holds the bulk model.
+        self.lock = threading.Lock()
         self._inputs = {p.get_any_name() for p in self.compiled.inputs}
 
     def _feeds(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
@@ -204,23 +207,27 @@ class OpenVinoEncoder:
         self._request.infer(self._feeds(input_ids, attention_mask))
         return np.array(self._request.get_output_tensor(0).data, dtype=np.float32, copy=True)
 
-    def embed_many(self, batches: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
-        """Pooled vectors of each (input_ids, attention_mask) batch, up to `streams` batches in flight."""
-        if self.streams == 1 or len(batches) == 1:
+    def embed_many(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """Pooled vectors of each (input_ids, attention_mask) batch, in order, up to `streams` batches in flight.
+        `batches` is consumed lazily: the next batch is built while the streams run (the caller pads it then)."""
+        if self.streams == 1:
             return [self.embed(*b) for b in batches]
         import openvino as ov
 
         if self._queue is None:
             self._queue = ov.AsyncInferQueue(self.compiled, self.streams)
-        out: list[np.ndarray | None] = [None] * len(batches)
+        out: list[np.ndarray | None] = []
 
         def done(request: Any, i: int) -> None:
             out[i] = np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
 
         self._queue.set_callback(done)
-        for i, b in enumerate(batches):
-            self._queue.start_async(self._feeds(*b), i)
-        self._queue.wait_all()
+        try:
+            for i, b in enumerate(batches):
+                out.append(None)
+                self._queue.start_async(self._feeds(*b), i)  # blocks while every stream is busy
+        finally:
+            self._queue.wait_all()  # never leave requests running on arrays the caller may free
         missing = [i for i, v in enumerate(out) if v is None]
         if missing:  # pragma: no cover - OpenVINO raises from wait_all when a request fails
             raise OpenVinoError(f"OpenVINO returned no output for batches {missing}")

@@ -147,25 +147,27 @@ def test_openvino_close_to_torch(embedder: Embedder, openvino: Embedder, real_te
 def test_openvino_bulk_runs_a_batch_per_stream(embedder: Embedder, openvino: Embedder, real_texts: list[str],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Bulk calls go to the throughput-compiled model, a batch in flight per stream, widths padded to 16; each
-    vector lands in its own text's row whatever order the streams finish in; queries use the latency model."""
+    vector lands in its own text's row whatever order the streams finish in; queries use the latency model,
+    which a bulk call does not hold."""
     bulk, small = openvino._onnx, openvino._onnx_fp32
     assert (bulk.mode, small.mode, small.streams) == ("throughput", "latency", 1)
     assert bulk.streams == int(bulk.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     if (os.cpu_count() or 1) >= 2:
         assert bulk.streams >= 2
-    rounds: list[list[tuple[int, int]]] = []
+    calls: list[list[tuple[int, int]]] = []
     real_many = bulk.embed_many
 
     def spy(feeds):  # type: ignore[no-untyped-def]
-        rounds.append([ids.shape for ids, _ in feeds])
+        feeds = list(feeds)
+        calls.append([ids.shape for ids, _ in feeds])
         return real_many(feeds)
 
     monkeypatch.setattr(bulk, "embed_many", spy)
     texts = real_texts + [t * (1 + i % 5) for i, t in enumerate(TEXTS)]  # many lengths: many batches
     got = openvino.encode(texts)
-    assert sum(len(r) for r in rounds) > bulk.streams  # several rounds, a batch per stream in each
-    assert max(len(r) for r in rounds) == bulk.streams
-    assert all(w % bulk.align == 0 for r in rounds for _, w in r)
+    assert len(calls) == 1 and len(calls[0]) > 2 * bulk.streams  # one call, many batches
+    assert len(bulk._queue) == bulk.streams  # a request per stream
+    assert all(w % bulk.align == 0 for _, w in calls[0])
     assert _cos(got, embedder.encode(texts)).min() > 0.998  # a vector in another text's row would fail this
     # The padding to 16 columns is masked out: one text alone gives the same vector padded or not.
     ids = np.array([openvino._batch_tokenizer.encode("net sales increased 8%").ids])
@@ -174,9 +176,17 @@ def test_openvino_bulk_runs_a_batch_per_stream(embedder: Embedder, openvino: Emb
     wide[0, :ids.shape[1]], wmask[0, :ids.shape[1]] = ids[0], 1
     assert ids.shape[1] < 16
     assert _cos(bulk.embed(ids, mask), bulk.embed(wide, wmask))[0] > 0.9999
-    n = len(rounds)
-    openvino.encode(["What is FastAPI?", "ok"])  # a small call: the latency model, no bulk round
-    assert len(rounds) == n
+    openvino.encode(["What is FastAPI?", "ok"])  # a small call: the latency model, not the bulk one
+    assert len(calls) == 1
+    # ... which an ingest's bulk call does not hold: a query answers while the bulk model is busy.
+    import threading
+
+    answered: list[np.ndarray] = []
+    with bulk.lock:
+        t = threading.Thread(target=lambda: answered.append(openvino.encode_query("What is FastAPI?")))
+        t.start()
+        t.join(timeout=120)
+        assert answered, "a query waited for the bulk model's lock"
 
 
 def test_batch_token_budget_defaults_by_runtime(onnx_cache: Path, openvino: Embedder, onnx_int8: Embedder) -> None:
