@@ -49,7 +49,7 @@ Status = str  # added | updated | unchanged | skipped | failed | removed
 # A group is cut early only with a batch worth the call, and when the worker is slow on the next file: embedding
 # small groups whenever it lags a little costs more in batching than the overlap gains (SciFact: +17 % embed time).
 _AHEAD_MIN_CHUNKS = 64
-_AHEAD_WAIT_S = 0.05
+_AHEAD_WAIT_S = 0.01
 _AHEAD_MAX_FILES = 1024
 
 

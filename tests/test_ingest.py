@@ -236,3 +236,115 @@ def test_new_files_are_embedded_while_the_next_one_extracts(tmp_path: Path, make
                             max_tokens=ctx.embedder.max_tokens, text_tokens=n) for t, hp, n, _, title in rows]
     stored = np.stack([np.frombuffer(r[3], dtype=np.float32) for r in rows])
     assert float(((stored * real_encode(texts)).sum(1)).min()) > 0.9999
+
+
+def _handbook(tag: str, sections: int = 30) -> str:
+    return "\n\n".join(f"Section {i} of the {tag} handbook. " + " ".join(
+        f"The {tag} team reviews item {i}.{j} every week." for j in range(12)) for i in range(sections))
+
+
+def test_a_group_is_written_while_the_next_one_is_embedded(tmp_path: Path, make_ctx, db_url: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer thread commits group N while the calling thread embeds group N+1: the first write is held
+    until the second embedding has started, which can only happen if embedding does not wait for it. Groups
+    still commit in order, every file is reported once, and the index matches the database."""
+    import threading
+
+    root = write_tree(tmp_path / "docs", {f"{c}.txt": _handbook(c) for c in "abcdef"})
+    ctx = make_ctx(database_url=db_url, embedding_batch_size=8)  # groups of >= 128 chunks
+    ing = ctx.ingestor
+    encodes: list[int] = []
+    second_encode = threading.Event()
+    order: list[str] = []
+    real_write, real_encode = ing._write_group, ctx.embedder.encode
+
+    def encode(texts, **kw):  # type: ignore[no-untyped-def]
+        encodes.append(len(texts))
+        if len(encodes) == 2:
+            second_encode.set()
+        return real_encode(texts, **kw)
+
+    def write(coll, group, plan):  # type: ignore[no-untyped-def]
+        if not order:
+            assert second_encode.wait(120), "the next group was not embedded while the first one was written"
+        order.extend(prep.found.source for prep, _ in group)
+        return real_write(coll, group, plan)
+
+    monkeypatch.setattr(ctx.embedder, "encode", encode)
+    monkeypatch.setattr(ing, "_write_group", write)
+    ticks: list[str] = []
+    report = ing.ingest([root], progress=lambda p: ticks.append(p.current))
+    assert len(encodes) >= 2 and report.summary()["added"] == 6 and not report.failed
+    assert order == sorted(order) == [f"{c}.txt" for c in "abcdef"]  # written in order, each once
+    assert sorted(ticks) == sorted(order)
+    assert report.chunks_embedded == sum(encodes) == report.chunks
+    assert index_ids(ctx) == db_chunk_ids(ctx)
+
+
+def test_a_failed_write_keeps_the_groups_before_it(tmp_path: Path, make_ctx, monkeypatch: pytest.MonkeyPatch
+                                                   ) -> None:
+    """An error in the writer thread reaches the caller; the groups committed before it stay ingested and
+    searchable, and the next run adds only what is missing."""
+    root = write_tree(tmp_path / "docs", {f"{c}.txt": _handbook(c) for c in "abcdefgh"})
+    ctx = make_ctx(embedding_batch_size=8)
+    ing = ctx.ingestor
+    real_write = ing._write_group
+    calls: list[int] = []
+
+    def write(coll, group, plan):  # type: ignore[no-untyped-def]
+        calls.append(len(group))
+        if len(calls) == 2:
+            raise RuntimeError("disk full")
+        return real_write(coll, group, plan)
+
+    monkeypatch.setattr(ing, "_write_group", write)
+    with pytest.raises(RuntimeError, match="disk full"):
+        ing.ingest([root])
+    first = calls[0]
+    with ctx.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Document).where(Document.status == "ingested")) == first
+    assert index_ids(ctx) == db_chunk_ids(ctx) != set()
+    monkeypatch.setattr(ing, "_write_group", real_write)
+    again = ing.ingest([root])
+    assert again.count("unchanged") == first and again.count("added") == 8 - first
+    assert index_ids(ctx) == db_chunk_ids(ctx)
+
+
+def test_extraction_runs_ahead_by_chunks(tmp_path: Path, make_ctx, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The extraction thread is bounded by chunks waiting, not by a file count: many small files are all
+    prepared while the consumer is busy with the first, and a tight bound keeps it near the consumer."""
+    import threading
+
+    from ingest.discover import discover
+    from ingest.loaders import SUPPORTED_SUFFIXES
+
+    root = write_tree(tmp_path / "docs", {f"n{i:02}.txt": f"Note {i}: the green team met on day {i}."
+                                          for i in range(20)})
+    todo = [f for f in discover([root], SUPPORTED_SUFFIXES)]
+    ing = make_ctx().ingestor
+    real_prepare = ing._prepare
+    prepared: list[str] = []
+    all_done = threading.Event()
+
+    def prepare(f, *args):  # type: ignore[no-untyped-def]
+        out = real_prepare(f, *args)
+        prepared.append(f.source)
+        if len(prepared) == len(todo):
+            all_done.set()
+        return out
+
+    monkeypatch.setattr(ing, "_prepare", prepare)
+    gen = ing._prepare_all(todo, {}, {}, None, 10_000)
+    first, _ = next(gen)
+    assert all_done.wait(120), "the extraction thread stopped a few files ahead"
+    rest = [p.found.source for p, _ in gen]
+    assert [first.found.source, *rest] == [f.source for f in todo]
+
+    prepared.clear()
+    all_done.clear()
+    gen = ing._prepare_all(todo, {}, {}, None, 1)  # every file has a chunk: at most one waits
+    next(gen)
+    assert not all_done.wait(1.0)
+    assert len(prepared) <= 3  # the one handed out, the next one taken early, one waiting
+    assert len([p for p, _ in gen]) == len(todo) - 1
+    gen.close()
