@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--budget", type=int, default=8192)
+    ap.add_argument("--budget", type=int, default=None, help="padded tokens per batch; default: the backend's own")
     ap.add_argument("--budgets", default="", help="comma-separated token budgets to sweep for onnx-int8")
     ap.add_argument("--variants",
                     default="torch,onnx,onnx-int8,openvino,openvino-int8,onnx-int8@fixed64,onnx-int8@unsorted64")

@@ -90,7 +90,7 @@ DEFAULT_BATCH_TOKENS = {"openvino": 2048, "openvino-int8": 2048, "onnx": 8192, "
 
 def auto_backend() -> str:
     """The fastest backend measured for this CPU (bench/embed.py): OpenVINO bf16 where AMX makes bf16 matmuls as
-    fast as int8 (Xeon: 33.8k word pieces/s, int8 34.0k), OpenVINO int8 elsewhere (EPYC: 21.4k vs bf16 13.2k and
+    fast as int8 (Xeon: 34.6k word pieces/s, int8 32.0k), OpenVINO int8 elsewhere (EPYC: 21.4k vs bf16 13.2k and
     ONNX Runtime int8 14.2k), ONNX Runtime int8 without OpenVINO."""
     try:
         import openvino  # noqa: F401

@@ -16,7 +16,7 @@ embed_calibration.jsonl: prose, code, filings, abstracts, queries...), made once
 Why: on CPUs with int8 dot products (AVX512-VNNI / AVX-VNNI) but no AMX, e.g. AMD EPYC (Zen 4), int8 matmuls run
 at twice the bf16 rate: 21.4k word pieces/s against 13.2k for bf16 and 14.2k for ONNX Runtime's dynamic int8
 (bench/embed.py, 2 cores), cosine to fp32 0.996 on average (ONNX Runtime int8: 0.992). On Xeons with AMX, bf16 is
-as fast (33.8k vs 34.0k, bench/embed.py) and closer to fp32, so "auto" keeps bf16 there (`amx_capable`).
+as fast (34.6k vs 32.0k, bench/embed.py) and closer to fp32, so "auto" keeps bf16 there (`amx_capable`).
 """
 
 from __future__ import annotations
