@@ -291,6 +291,8 @@ class Ingestor:
             with contextlib.closing(self._prepare_all(todo, existing, meta or {}, password,
                                                       2 * batch_target)) as prepared:
                 for prep, next_ready in prepared:
+                    if writing is not None and writing.done():
+                        finish()  # report a written group now, not at the next flush (progress stays current)
                     report.timings["extract"] += prep.t_extract
                     report.timings["chunk"] += prep.t_chunk
                     old = existing.get(prep.found.source)
