@@ -387,19 +387,15 @@ class Ingestor:
         worker = threading.Thread(target=produce, name="ctxqa-extract", daemon=True)
         worker.start()
         try:
-            nxt: _Prepared | None = take()
-            for i in range(len(todo)):
-                prep = nxt if nxt is not None else take()
-                nxt = None
-                if i + 1 == len(todo):  # the last file counts as ready: its group is stored right away
-                    yield prep, True
-                    break
+            prep = take()
+            for _ in range(len(todo) - 1):
                 try:
-                    nxt = take(timeout=_AHEAD_WAIT_S)
+                    nxt: _Prepared | None = take(timeout=_AHEAD_WAIT_S)
                 except queue.Empty:
-                    yield prep, False
-                else:
-                    yield prep, True
+                    nxt = None
+                yield prep, nxt is not None
+                prep = nxt if nxt is not None else take()
+            yield prep, True  # the last file counts as ready: its group is stored right away
         finally:
             stop.set()
             with room:

@@ -145,7 +145,6 @@ class Embedder:
         self.path = resolve_embedding_model(spec)
         self.name = canonical_model_name(spec)
         self.batch_size = batch_size
-        self.batch_tokens = max(int(batch_tokens), 1) if batch_tokens else 8192  # the backend's own, below
         self.threads = threads
         self.requested_backend = backend
         self.backend = auto_backend() if backend == "auto" else backend
@@ -173,8 +172,8 @@ class Embedder:
                 self.backend = "torch"
         if self.backend == "torch":
             self._init_torch(threads)
-        if not batch_tokens:
-            self.batch_tokens = DEFAULT_BATCH_TOKENS.get(self.backend, 8192)
+        # After the fallbacks: the default is that of the backend that runs.
+        self.batch_tokens = max(int(batch_tokens), 1) if batch_tokens else DEFAULT_BATCH_TOKENS.get(self.backend, 8192)
         # A fast tokenizer's __call__ mutates shared padding/truncation state, so a tokenizer used from another
         # thread (the chunker runs in a worker; the API counts tokens) must not be the model's own instance.
         self.tokenizer = self.new_tokenizer()
@@ -302,18 +301,17 @@ class Embedder:
         session = self._onnx_fp32 if self._onnx_fp32 is not None and len(texts) <= self.small_call_texts \
             else self._onnx
         batches = self.batches([len(x) for x in ids], stripped, batch_size=batch_size)
-        if getattr(session, "streams", 1) > 1:
-            # OpenVINO streams: the whole call under the bulk model's own lock (a query runs on the latency model
-            # meanwhile), batches padded while the streams run.
+        if hasattr(session, "embed_many"):
+            # OpenVINO: the whole call under this model's own lock (a query runs on the latency model meanwhile),
+            # batches padded while the streams run.
             with session.lock:
                 vecs = session.embed_many(self._pad([ids[i] for i in b], session.align) for b in batches)
             for b, v in zip(batches, vecs):
                 out[b] = v
         else:
-            lock = getattr(session, "lock", self._lock)
             for b in batches:
-                arr, mask = self._pad([ids[i] for i in b], getattr(session, "align", 1))
-                with lock:  # per batch, so a query can slip in between the batches of a long ingest
+                arr, mask = self._pad([ids[i] for i in b])
+                with self._lock:  # per batch, so a query can slip in between the batches of a long ingest
                     out[b] = session.embed(arr, mask)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         out /= np.maximum(norms, 1e-12)
