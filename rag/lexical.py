@@ -1,6 +1,6 @@
 """Lexical (BM25) index per collection, kept in step with the chunks exactly as the faiss index is.
 
-    LexicalIndex.add(ids, texts) / .remove(ids) / .search(query, k, allowed_ids=None) -> (scores, ids)
+    LexicalIndex.add(ids, texts) / .add_terms(ids, terms) / .remove(ids) / .search(query, k, allowed_ids=None) -> (scores, ids)
     LexicalIndex.save(path, generation) / LexicalIndex.load(path) -> LexicalIndex | None
 
 Scoring is BM25 (Lucene variant, as bm25s' default): idf(t) = ln(1 + (N - df + 0.5) / (df + 0.5)) and
@@ -45,12 +45,14 @@ import json
 import math
 import re
 import threading
-from collections import Counter
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 
+from rag.chunk_text import header_parts, lexical_text, window_lexical_text, window_text
 from rag.files import atomic_write
 from rag.index import meta_path_for
 
@@ -93,6 +95,118 @@ class Tokenizer:
         if self._stemmer is not None:
             return self._stemmer.stemWords(words)
         return words
+
+    def _term(self, word: str) -> str | None:
+        """The term of one lower-cased word (a maximal run of word characters), or None."""
+        if len(word) < 2 or word in self._stop:
+            return None
+        return self._stemmer.stemWord(word) if self._stemmer is not None else word
+
+    def window_terms(self, chunks: Sequence[tuple[str, int, int]], window: int, title: str | None = None,
+                     headings: Sequence[Sequence[str]] | None = None) -> list[list[str]]:
+        """The terms of each chunk's lexical text, for one document's chunks `(text, char_start, char_end)` in
+        order: exactly `self(window_lexical_text(...))` (`self(lexical_text(...))` when `window` is 0), list
+        for list. `headings[j]`: chunk j's heading path.
+
+        Why: a chunk's lexical text repeats its neighbours (a window of 2 holds ~6 chunks' worth of text), so
+        tokenizing each one on its own costs ~6x tokenizing the document. Here the document's stitched text is
+        tokenized and stemmed once and each window takes a slice of its terms. Exact because a term is a maximal
+        run of word characters of the lower-cased text: a slice's terms are the runs inside it plus the runs it
+        clips at either end (re-tokenized). Where that argument does not hold (lower-casing that changes the
+        length or depends on context, chunks that do not stitch back into one text), the document's texts are
+        tokenized one by one as before."""
+        heads: Sequence[Sequence[str]] = headings if headings is not None else [()] * len(chunks)
+        texts = _stitch(chunks)
+        if texts is None:
+            return self._window_terms_slow(chunks, window, title, heads)
+        stitched, at = texts
+        lowered = stitched.lower()
+        if len(lowered) != len(stitched) or "\u03a3" in stitched:  # e.g. "İ" -> "i̇"; final sigma is contextual
+            return self._window_terms_slow(chunks, window, title, heads)
+        words: list[str] = _TOKEN_RE.findall(lowered)
+        spans = [m.span() for m in _TOKEN_RE.finditer(lowered)]  # every word (stop words too): to find clipped runs
+        starts = [a for a, _b in spans]
+        ends = [b for _a, b in spans]
+        stems = dict(zip(uniq := [w for w in dict.fromkeys(words) if w not in self._stop],
+                         self._stemmer.stemWords(uniq) if self._stemmer is not None else uniq))
+        # The words that are terms, with their positions: a slice's inner terms are one list slice.
+        kept = [i for i, w in enumerate(words) if w in stems]
+        k_starts = [starts[i] for i in kept]
+        k_ends = [ends[i] for i in kept]
+        k_terms = [stems[words[i]] for i in kept]
+        n_words = len(words)
+
+        def span_terms(a: int, b: int) -> list[str]:
+            inner = k_terms[bisect_left(k_starts, a):bisect_right(k_ends, b)]
+            i0, i1 = bisect_left(starts, a), bisect_right(ends, b)
+            k = i0 - 1  # a run that starts before `a` and reaches into the slice
+            if k >= 0 and ends[k] > a:
+                head = self._term(lowered[a:min(ends[k], b)])
+                if ends[k] >= b:
+                    return [head] if head else []
+                if head:
+                    inner.insert(0, head)
+            if i1 < n_words and a <= starts[i1] < b < ends[i1]:  # a run that starts inside and goes on past `b`
+                tail = self._term(lowered[starts[i1]:b])
+                if tail:
+                    inner.append(tail)
+            return inner
+
+        out: list[list[str]] = []
+        header_cache: dict[tuple[str, ...], list[str]] = {}
+        n = len(chunks)
+        for j, (text, _start, _stop) in enumerate(chunks):
+            own = span_terms(at[j], at[j] + len(text))
+            if window > 0:
+                # Chunks in order, each where _stitch found it: the window's stitched text is this slice.
+                lo, hi = max(0, j - window), min(n, j + window + 1)
+                wa, wb = at[lo], at[hi - 1] + len(chunks[hi - 1][0])
+                parts = tuple(header_parts(stitched[wa:wb], title, heads[j]))
+                body = span_terms(wa, wb)
+            else:
+                parts = tuple(header_parts(text, title, heads[j]))
+                body = own
+            head = header_cache.get(parts)
+            if head is None:
+                head = header_cache[parts] = self("\n".join(parts))
+            out.append(head + body + own if window > 0 else head + body)
+        return out
+
+    def _window_terms_slow(self, chunks: Sequence[tuple[str, int, int]], window: int, title: str | None,
+                           heads: Sequence[Sequence[str]]) -> list[list[str]]:
+        if window <= 0:
+            return [self(lexical_text(text, title, heads[j])) for j, (text, _a, _b) in enumerate(chunks)]
+        return [self(window_lexical_text(text, chunks[max(0, j - window):j + window + 1], title, heads[j]))
+                for j, (text, _a, _b) in enumerate(chunks)]
+
+
+def _stitch(chunks: Sequence[tuple[str, int, int]]) -> tuple[str, list[int]] | None:
+    """`window_text` of all the chunks, and where each chunk's text starts in it; None unless every chunk's text
+    is found there and every window of consecutive chunks is a slice of it (chunks in order, each text as long
+    as its offsets say: what the chunker produces)."""
+    if not chunks:
+        return "", []
+    prev_start = prev_stop = -1
+    for text, start, stop in chunks:
+        if stop - start != len(text) or start < prev_start or stop <= prev_stop:
+            return None  # out of order, or a chunk inside the one before: windows would stitch differently
+        prev_start, prev_stop = start, stop
+    stitched = window_text(chunks)
+    at: list[int] = []
+    pos = 0  # where the previous chunk ends in `stitched`
+    end = None
+    for text, start, stop in chunks:
+        if end is None:
+            at.append(0)
+        elif start >= end:
+            at.append(pos + 1)  # after the line break that stands for the gap
+        else:
+            at.append(pos - (end - start))
+        pos = at[-1] + len(text)
+        end = stop
+        if stitched[at[-1]:pos] != text:
+            return None
+    return stitched, at
 
 
 class _Growable:
@@ -141,50 +255,59 @@ class LexicalIndex:
         self._indptr = np.zeros(1, dtype=np.int64)
         self._p_rows = np.zeros(0, dtype=np.int32)
         self._p_tf = np.zeros(0, dtype=np.float32)
-        self._delta: dict[int, tuple[list[int], list[float]]] = {}
+        # postings added since: blocks of (term ids, rows, tfs), each sorted by term then row
+        self._delta: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._delta_nnz = 0
         self._sorted: tuple[np.ndarray, np.ndarray] | None = None  # (sorted live chunk ids, their rows)
 
     # -- mutation ------------------------------------------------------------------------------------------
     @classmethod
-    def build(cls, ids: Sequence[int] | np.ndarray, texts: Sequence[str], k1: float = 1.2, b: float = 0.75,
-              tokenizer: Tokenizer | None = None, window: int = 0) -> "LexicalIndex":
+    def build(cls, ids: Sequence[int] | np.ndarray, texts: Sequence[str] | None = None, k1: float = 1.2,
+              b: float = 0.75, tokenizer: Tokenizer | None = None, window: int = 0, *,
+              terms: Sequence[list[str]] | None = None) -> "LexicalIndex":
+        """An index of `texts`, or of texts already tokenized by `tokenizer` (`terms`)."""
         idx = cls(k1, b, tokenizer, window)
-        idx.add(ids, texts)
+        if terms is not None:
+            idx.add_terms(ids, terms)
+        else:
+            idx.add(ids, texts if texts is not None else [])
         idx._merge()
         return idx
 
     def add(self, ids: Sequence[int] | np.ndarray, texts: Sequence[str]) -> None:
         """Index chunks; an id already present is replaced (its old text no longer matches)."""
+        if len(ids) != len(texts):
+            raise ValueError(f"{len(ids)} ids for {len(texts)} texts")
+        self.add_terms(ids, [self.tokenizer(t) for t in texts])
+
+    def add_terms(self, ids: Sequence[int] | np.ndarray, toks: Sequence[list[str]]) -> None:
+        """`add` for texts already tokenized by this index's tokenizer (e.g. by `Tokenizer.window_terms`)."""
         ids_l = [int(i) for i in ids]
-        if len(ids_l) != len(texts):
-            raise ValueError(f"{len(ids_l)} ids for {len(texts)} texts")
+        if len(ids_l) != len(toks):
+            raise ValueError(f"{len(ids_l)} ids for {len(toks)} term lists")
         if not ids_l:
             return
-        toks = [self.tokenizer(t) for t in texts]
         with self._lock:
             present = [i for i in ids_l if i in self._row_of]
             if present:
                 self.remove(present)
             vocab = self.vocab
+            n = len(ids_l)
             rows0 = self._row_ids.n
-            lens = np.empty(len(ids_l), dtype=np.float32)
-            for j, terms in enumerate(toks):
-                row = rows0 + j
-                lens[j] = len(terms)
-                for term, tf in Counter(terms).items():
-                    tid = vocab.get(term)
-                    if tid is None:
-                        tid = vocab[term] = len(vocab)
-                    d = self._delta.get(tid)
-                    if d is None:
-                        d = self._delta[tid] = ([], [])
-                    d[0].append(row)
-                    d[1].append(float(tf))
-                    self._delta_nnz += 1
+            lens = np.fromiter((len(t) for t in toks), dtype=np.int64, count=n)
+            # Term ids of every occurrence (a new term gets the next id), then (term, row) pairs counted at once:
+            # a per-chunk Counter and a dict update per term were most of the cost of following an ingest.
+            flat = list(chain.from_iterable(toks))
+            new = [t for t in dict.fromkeys(flat) if t not in vocab]  # ids in order of first use: reproducible
+            vocab.update(zip(new, range(len(vocab), len(vocab) + len(new))))
+            tids = np.fromiter(map(vocab.__getitem__, flat), dtype=np.int64, count=len(flat))
+            pairs, tf = np.unique(tids * n + np.repeat(np.arange(n, dtype=np.int64), lens), return_counts=True)
+            if len(pairs):  # sorted by term, then row: a block of postings
+                self._delta.append((pairs // n, (rows0 + pairs % n).astype(np.int32), tf.astype(np.float32)))
+                self._delta_nnz += len(pairs)
             self._row_ids.extend(ids_l)
-            self._row_len.extend(lens)
-            self._alive.extend(np.ones(len(ids_l), dtype=np.bool_))
+            self._row_len.extend(lens.astype(np.float32))
+            self._alive.extend(np.ones(n, dtype=np.bool_))
             for j, cid in enumerate(ids_l):
                 self._row_of[cid] = rows0 + j
             self._total_len += float(lens.sum())
@@ -218,11 +341,9 @@ class LexicalIndex:
             n_terms = len(self.vocab)
             base_len = len(self._indptr) - 1
             base_terms = np.repeat(np.arange(base_len, dtype=np.int64), np.diff(self._indptr))
-            d_terms, d_rows, d_tf = [], [], []
-            for tid, (rows, tfs) in self._delta.items():
-                d_terms.append(np.full(len(rows), tid, dtype=np.int64))
-                d_rows.append(np.asarray(rows, dtype=np.int32))
-                d_tf.append(np.asarray(tfs, dtype=np.float32))
+            d_terms = [b[0] for b in self._delta]
+            d_rows = [b[1] for b in self._delta]
+            d_tf = [b[2] for b in self._delta]
             terms = np.concatenate([base_terms, *d_terms]) if d_terms else base_terms
             rows = np.concatenate([self._p_rows, *d_rows]) if d_rows else self._p_rows
             tfs = np.concatenate([self._p_tf, *d_tf]) if d_tf else self._p_tf
@@ -244,7 +365,7 @@ class LexicalIndex:
             np.cumsum(np.bincount(terms, minlength=n_terms), out=self._indptr[1:])
             self._p_rows = np.ascontiguousarray(rows, dtype=np.int32)
             self._p_tf = np.ascontiguousarray(tfs, dtype=np.float32)
-            self._delta = {}
+            self._delta = []
             self._delta_nnz = 0
             self._sorted = None
 
@@ -263,10 +384,11 @@ class LexicalIndex:
             rows, tfs = self._p_rows[a:z], self._p_tf[a:z]
         else:
             rows, tfs = self._p_rows[:0], self._p_tf[:0]
-        d = self._delta.get(tid)
-        if d is not None:
-            rows = np.concatenate([rows, np.asarray(d[0], dtype=np.int32)])
-            tfs = np.concatenate([tfs, np.asarray(d[1], dtype=np.float32)])
+        for terms, b_rows, b_tfs in self._delta:
+            a, z = np.searchsorted(terms, tid, "left"), np.searchsorted(terms, tid, "right")
+            if z > a:
+                rows = np.concatenate([rows, b_rows[a:z]])
+                tfs = np.concatenate([tfs, b_tfs[a:z]])
         return rows, tfs
 
     def _rows_of(self, chunk_ids: np.ndarray) -> np.ndarray:

@@ -15,9 +15,11 @@ faiss vector index (`collection-<id>.faiss`, rebuilt from the stored embeddings)
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from itertools import groupby
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select
@@ -133,9 +135,9 @@ class IndexStore:
         with self._lock:
             with self.db.session() as s:
                 gen = s.scalar(select(Collection.generation).where(Collection.id == coll.id)) or 0
-                ids, texts = _collection_texts(s, coll.id, self.settings.lexical_window)
-            lex = LexicalIndex.build(ids, texts, self.settings.bm25_k1, self.settings.bm25_b, self._tokenizer,
-                                     self.settings.lexical_window)
+                ids, terms = _collection_terms(s, coll.id, self.settings.lexical_window, self._tokenizer)
+            lex = LexicalIndex.build(ids, None, self.settings.bm25_k1, self.settings.bm25_b, self._tokenizer,
+                                     self.settings.lexical_window, terms=terms)
             lex.save(self.lexical_path(coll.id), gen)
             self._lex_cache[coll.id] = lex
             return lex
@@ -200,8 +202,8 @@ class IndexStore:
             # The indexed text carries the document title, heading path and neighbouring chunks
             # (rag.lexical.lexical_text), read from the committed rows. `add` replaces a re-indexed id.
             with self.db.session() as s:
-                ids, texts = _lexical_rows(s, todo, self.settings.lexical_window)
-            lex.add(ids, texts)
+                ids, terms = _lexical_rows(s, todo, self.settings.lexical_window, lex.tokenizer)
+            lex.add_terms(ids, terms)
         lex.generation = generation
         if save:
             lex.save(self.lexical_path(coll.id), generation)
@@ -251,42 +253,70 @@ _LEX_COLUMNS = (Chunk.id, Chunk.document_id, Chunk.text, Chunk.char_start, Chunk
                 Document.title)
 
 
-def _documents_texts(s, document_ids: list[int], window: int,  # type: ignore[no-untyped-def]
-                     only: set[int] | None = None) -> dict[int, str]:
-    """chunk id → lexical text (title, headings, the chunk in its window) for the chunks of these documents (only
-    those in `only` when given)."""
-    out: dict[int, str] = {}
+def _document_rows(s, document_ids: list[int]) -> Iterator[list[Any]]:  # type: ignore[no-untyped-def]
+    """Each document's (chunk id, document id, text, char start, char end, heading path, title) rows, in ordinal
+    order, one list per document."""
     for i in range(0, len(document_ids), 500):
         rows = s.execute(select(*_LEX_COLUMNS).join(Document, Chunk.document_id == Document.id)
                          .where(Chunk.document_id.in_(document_ids[i:i + 500]))
                          .order_by(Chunk.document_id, Chunk.ordinal)).all()
-        for _, group in groupby(rows, key=lambda r: r[1]):  # one document's chunks, in ordinal order
-            doc = list(group)
-            for j, r in enumerate(doc):
-                cid = int(r[0])
-                if only is not None and cid not in only:
-                    continue
-                parts = [(x[2], x[3], x[4]) for x in doc[max(0, j - window):j + window + 1]]
-                out[cid] = window_lexical_text(r[2], parts, r[6], r[5] or ()) if window else \
-                    lexical_text(r[2], r[6], r[5] or ())
+        for _, group in groupby(rows, key=lambda r: r[1]):
+            yield list(group)
+
+
+def _documents_texts(s, document_ids: list[int], window: int) -> dict[int, str]:  # type: ignore[no-untyped-def]
+    """chunk id → lexical text (title, headings, the chunk in its window) for the chunks of these documents."""
+    out: dict[int, str] = {}
+    for doc in _document_rows(s, document_ids):
+        for j, r in enumerate(doc):
+            parts = [(x[2], x[3], x[4]) for x in doc[max(0, j - window):j + window + 1]]
+            out[int(r[0])] = window_lexical_text(r[2], parts, r[6], r[5] or ()) if window else \
+                lexical_text(r[2], r[6], r[5] or ())
+    return out
+
+
+def _documents_terms(s, document_ids: list[int], window: int, tokenizer: Tokenizer,  # type: ignore[no-untyped-def]
+                     only: set[int] | None = None) -> dict[int, list[str]]:
+    """chunk id → the terms of its lexical text (`_documents_texts`, tokenized: `Tokenizer.window_terms`) for the
+    chunks of these documents (only those in `only` when given)."""
+    out: dict[int, list[str]] = {}
+    for doc in _document_rows(s, document_ids):
+        if only is not None and not any(int(r[0]) in only for r in doc):
+            continue
+        terms = tokenizer.window_terms([(r[2], r[3], r[4]) for r in doc], window, doc[0][6],
+                                       [r[5] or () for r in doc])
+        for r, t in zip(doc, terms):
+            if only is None or int(r[0]) in only:
+                out[int(r[0])] = t
     return out
 
 
 def _collection_texts(s, collection_id: int, window: int = 0) -> tuple[list[int], list[str]]:  # type: ignore[no-untyped-def]
     """All (chunk ids, lexical texts) of a collection, in id order."""
-    doc_ids = [int(d) for d in s.scalars(select(Document.id).where(Document.collection_id == collection_id)
-                                         .order_by(Document.id))]
-    texts = _documents_texts(s, doc_ids, window)
+    texts = _documents_texts(s, _collection_documents(s, collection_id), window)
     ids = sorted(texts)
     return ids, [texts[c] for c in ids]
 
 
-def _lexical_rows(s, chunk_ids: list[int], window: int = 0, batch: int = 5000  # type: ignore[no-untyped-def]
-                  ) -> tuple[list[int], list[str]]:
-    """(chunk ids, lexical texts) of the given chunks that exist, in the given order."""
+def _collection_terms(s, collection_id: int, window: int,  # type: ignore[no-untyped-def]
+                      tokenizer: Tokenizer) -> tuple[list[int], list[list[str]]]:
+    """All (chunk ids, lexical terms) of a collection, in id order."""
+    terms = _documents_terms(s, _collection_documents(s, collection_id), window, tokenizer)
+    ids = sorted(terms)
+    return ids, [terms[c] for c in ids]
+
+
+def _collection_documents(s, collection_id: int) -> list[int]:  # type: ignore[no-untyped-def]
+    return [int(d) for d in s.scalars(select(Document.id).where(Document.collection_id == collection_id)
+                                      .order_by(Document.id))]
+
+
+def _lexical_rows(s, chunk_ids: list[int], window: int, tokenizer: Tokenizer,  # type: ignore[no-untyped-def]
+                  batch: int = 5000) -> tuple[list[int], list[list[str]]]:
+    """(chunk ids, lexical terms) of the given chunks that exist, in the given order."""
     docs: set[int] = set()
     for i in range(0, len(chunk_ids), batch):
         docs.update(int(d) for d in s.scalars(select(Chunk.document_id).where(Chunk.id.in_(chunk_ids[i:i + batch]))))
-    found = _documents_texts(s, sorted(docs), window, only=set(chunk_ids))
+    found = _documents_terms(s, sorted(docs), window, tokenizer, only=set(chunk_ids))
     ids = [c for c in dict.fromkeys(chunk_ids) if c in found]
     return ids, [found[c] for c in ids]

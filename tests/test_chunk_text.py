@@ -66,11 +66,16 @@ def test_embedding_text_fits_the_window_and_never_cuts_the_chunk(embedder) -> No
 
 
 def _lex_text(ctx, chunk_id: int) -> str:  # type: ignore[no-untyped-def]
-    from rag.store import _lexical_rows
+    """The chunk's lexical text as the database has it now; the index holds exactly its terms."""
+    from rag.lexical import Tokenizer
+    from rag.store import _documents_texts, _lexical_rows
 
     with ctx.db.session() as s:
-        ids, texts = _lexical_rows(s, [chunk_id], ctx.settings.lexical_window)
-    return texts[0]
+        doc_id = s.get(Chunk, chunk_id).document_id
+        text = _documents_texts(s, [doc_id], ctx.settings.lexical_window)[chunk_id]
+        ids, terms = _lexical_rows(s, [chunk_id], ctx.settings.lexical_window, Tokenizer())
+    assert ids == [chunk_id] and terms[0] == Tokenizer()(text)
+    return text
 
 
 def test_edits_move_windows_and_headers(tmp_path: Path, make_ctx) -> None:  # type: ignore[no-untyped-def]

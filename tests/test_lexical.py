@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from rag.lexical import LexicalIndex, Tokenizer
+from rag.types import LoadedDocument
 
 DOCS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -141,3 +142,79 @@ def test_search_scores_returns_scores_of_requested_ids() -> None:
     assert also.tolist() == pytest.approx([full[7], 0.0, full[2], 0.0])
     _, ids, also = idx.search_scores("lazy dog fox", k=3, allowed_ids=np.array([3]), also=np.array([0]))
     assert ids.tolist() == [] and also.tolist() == pytest.approx([full[0]])
+
+
+# -- window_terms: the document tokenized once, each window a slice of its terms ---------------------------------
+
+def _check_window_terms(tok: Tokenizer, chunks, title, heads, *, fast: bool) -> None:  # type: ignore[no-untyped-def]
+    from rag.chunk_text import lexical_text, window_lexical_text
+
+    for window in (0, 1, 2):
+        got = tok.window_terms(chunks, window, title, heads)
+        want = [tok(window_lexical_text(t, chunks[max(0, j - window):j + window + 1], title, heads[j]) if window
+                    else lexical_text(t, title, heads[j])) for j, (t, _a, _b) in enumerate(chunks)]
+        assert got == want, f"window {window}"
+    from rag.lexical import _stitch
+
+    assert (_stitch(chunks) is not None) is fast  # whether the one-pass path could be taken
+
+
+def _spans(text: str, spans: list[tuple[int, int]]) -> list[tuple[str, int, int]]:
+    return [(text[a:b], a, b) for a, b in spans]
+
+
+def test_window_terms_equal_tokenizing_each_window_on_edge_cases() -> None:
+    tok = Tokenizer()
+    text = "Alpha beta gamma. Delta epsilon zeta eta.\n\nTheta iota kappa lambda mu nu xi omicron pi rho."
+    # Overlapping chunks cut mid-word (token-level cuts), a gap, adjacent chunks (no whitespace between).
+    spans = [(0, 17), (12, 25), (23, 41), (43, 60), (60, 72), (70, len(text))]
+    heads = [(), ("Intro",), ("Intro",), ("Body", "Greek"), ("Body",), ()]
+    _check_window_terms(tok, _spans(text, spans), "Alpha the title", heads, fast=True)
+    # Title already at the start of the window: not repeated (header_parts sees the window).
+    _check_window_terms(tok, _spans(text, spans), "alpha beta", heads, fast=True)
+    # A word clipped at both ends of one chunk; one-letter and stop-word clips.
+    word = "abcdefghijklmnopqrstuvwxyz the a"
+    _check_window_terms(tok, _spans(word, [(0, 5), (3, 9), (8, 26), (25, 29), (27, 32)]), None, [()] * 5,
+                        fast=True)
+    # Lower-casing that changes length ("İ" -> "i̇") or depends on context (final sigma): tokenized one by one.
+    for odd in ("İstanbul İzmir and more words here", "ΟΔΟΣ ΣΟΦΙΑΣ and ΑΣ.Β more words"):
+        _check_window_terms(tok, _spans(odd, [(0, 12), (8, 20), (20, len(odd))]), "T", [()] * 3, fast=True)
+    # Out of order, or a chunk inside the one before: windows stitch differently, so each is tokenized alone.
+    _check_window_terms(tok, _spans(text, [(0, 25), (5, 12), (23, 41)]), None, [()] * 3, fast=False)
+    _check_window_terms(tok, _spans(text, [(12, 25), (0, 17)]), None, [()] * 2, fast=False)
+    # Text that does not match its offsets (not what the chunker makes): the slow path, same result.
+    _check_window_terms(tok, [("one two", 0, 7), ("three four", 5, 9)], None, [()] * 2, fast=False)
+    assert tok.window_terms([], 2) == []
+    assert tok.window_terms([("solo words", 0, 10)], 2, "Solo title") == [["solo", "titl", "solo", "word", "solo",
+                                                                            "word"]]
+
+
+def test_window_terms_equal_tokenizing_each_window_on_real_documents(shared_data, embedder) -> None:  # type: ignore[no-untyped-def]
+    """Real chunking of real documents (Markdown site, a 10-Q PDF, SciFact abstracts), 128-piece chunks with
+    overlap: the one-pass terms are the per-window terms, list for list."""
+    import json
+    import random
+
+    from ingest.chunk import chunk
+    from ingest.loaders import load
+
+    tok = Tokenizer()
+    files = sorted((shared_data / "corpora" / "fastapi-docs").rglob("*.md"))
+    files = random.Random(0).sample(files, 12) + sorted((shared_data / "corpora" / "sec-10q").glob("*.pdf"))[:1]
+    docs = [load(p) for p in files]
+    with open(shared_data / "eval" / "scifact" / "corpus.jsonl", encoding="utf-8") as f:
+        for line, _ in zip(f, range(40)):
+            row = json.loads(line)
+            docs.append(LoadedDocument(text=f"{row['title']}\n{row['text']}", media_type="text/plain"))
+    fast = 0
+    for doc in docs:
+        specs = chunk(doc, embedder.tokenizer, 128, 16, max_tokens=embedder.max_tokens)
+        chunks = [(sp.text, sp.char_start, sp.char_end) for sp in specs]
+        heads = [sp.heading_path for sp in specs]
+        for window in (0, 2):
+            got = tok.window_terms(chunks, window, doc.title, heads)
+            assert got == tok._window_terms_slow(chunks, window, doc.title, heads)
+        from rag.lexical import _stitch
+
+        fast += _stitch(chunks) is not None
+    assert fast == len(docs)  # the chunker's output always takes the one-pass path
