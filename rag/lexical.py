@@ -22,7 +22,7 @@ abstracts in 12,659 chunks, on the shared 2-core development box):
   change with the database backend, and both need each query to go through SQL plus a schema migration.
 - This index: a posting list per term (base CSR arrays + a small append-only delta merged on save or when it
   grows), deletes flip a live bit (compacted when more than 20 % of rows are dead). Following a change costs
-  tokenising the changed chunks; a query is a few vectorised numpy operations per query term, sub-millisecond
+  tokenising the changed chunks' documents, once each (`Tokenizer.window_terms`); a query is a few vectorised numpy operations per query term, sub-millisecond
   at this size.
 
 Indexed text: the chunk's document title and heading path, then the chunk's text *in its window*: the text of
