@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
 
 from ingest.chunk import chunk as chunk_document
 from ingest.discover import SIDECAR_SUFFIX, Found, Problem, discover
@@ -194,6 +195,20 @@ def _title(prep: "_Prepared") -> str:
     assert prep.doc is not None
     d = prep.doc
     return (d.title or d.metadata.get("title") or Path(prep.found.source).stem)[:1000]
+
+
+def _insert_chunks(s: Session, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert chunk rows; their ids, in the order given.
+
+    Multi-row INSERT ... RETURNING instead of the ORM's per-object bookkeeping and a flush per document: those
+    were about half of the writer thread's time on SciFact (5,183 small files). A database without RETURNING on
+    multi-row inserts (SQLite before 3.35) gets the ORM's row-by-row inserts."""
+    if s.get_bind().dialect.insert_executemany_returning_sort_by_parameter_order:
+        return [int(i) for i in s.scalars(insert(Chunk).returning(Chunk.id, sort_by_parameter_order=True), rows)]
+    objs = [Chunk(**r) for r in rows]
+    s.add_all(objs)
+    s.flush()
+    return [int(o.id) for o in objs]
 
 
 class Ingestor:
@@ -561,10 +576,7 @@ class Ingestor:
             for i in range(0, len(remove_ids), _SQL_IN_BATCH):
                 s.execute(Chunk.__table__.delete().where(Chunk.id.in_(remove_ids[i:i + _SQL_IN_BATCH])))
             if new_rows:
-                # Multi-row INSERT ... RETURNING instead of the ORM's per-object bookkeeping and a flush per
-                # document: those were about half the writer's time on SciFact (5,183 small files).
-                ids = s.scalars(insert(Chunk).returning(Chunk.id, sort_by_parameter_order=True), new_rows).all()
-                add_ids.extend(int(i) for i in ids)
+                add_ids.extend(_insert_chunks(s, new_rows))
                 add_vecs.extend(r["embedding"] for r in new_rows)
             repo.bump_generation(s, coll.id)
             s.flush()

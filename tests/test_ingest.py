@@ -348,3 +348,46 @@ def test_extraction_runs_ahead_by_chunks(tmp_path: Path, make_ctx, monkeypatch: 
     assert len(prepared) <= 3  # the one handed out, the next one taken early, one waiting
     assert len([p for p, _ in gen]) == len(todo) - 1
     gen.close()
+
+
+@pytest.mark.parametrize("db, returning", [("sqlite", True), ("postgres", True), ("sqlite", False)],
+                         ids=["sqlite", "postgres", "sqlite-without-returning"])
+def test_chunk_rows_get_their_own_vectors_and_ids(tmp_path: Path, make_ctx, request, monkeypatch, db: str,
+                                                  returning: bool) -> None:  # type: ignore[no-untyped-def]
+    """Chunks are inserted many rows per statement (INSERT ... RETURNING) or, on a database without RETURNING on
+    multi-row inserts (SQLite < 3.35), row by row: either way every row holds its own text's vector and the
+    index holds exactly the rows' ids."""
+    from ingest import pipeline
+    from rag.chunk_text import embedding_text
+
+    db_url = f"sqlite:///{tmp_path / 'ctxqa.db'}" if db == "sqlite" else request.getfixturevalue("pg_url")
+    ctx = make_ctx(database_url=db_url)
+    if not returning:  # what SQLAlchemy's SQLite dialect says of SQLite before 3.35
+        for flag in ("insert_returning", "update_returning", "delete_returning", "insert_executemany_returning",
+                     "insert_executemany_returning_sort_by_parameter_order"):
+            monkeypatch.setattr(ctx.db.engine.dialect, flag, False)
+
+        def no_bulk(*a, **k):  # type: ignore[no-untyped-def]
+            raise AssertionError("the multi-row INSERT ... RETURNING path ran on a database without it")
+
+        monkeypatch.setattr(pipeline, "insert", no_bulk)
+    root = tmp_path / "docs"
+    root.mkdir()
+    for i in range(6):
+        (root / f"doc{i}.md").write_text(f"# Doc {i}\n\n" + _handbook(f"team{i}", sections=3 + i), encoding="utf-8")
+    report = ctx.ingestor.ingest([root])
+    assert report.summary()["added"] == 6 and not report.failed
+    assert index_ids(ctx) == db_chunk_ids(ctx)
+    with ctx.db.session() as s:
+        rows = s.execute(select(Chunk.text, Chunk.heading_path, Chunk.token_count, Chunk.embedding, Document.title,
+                                Chunk.ordinal, Document.chunk_count)
+                         .join(Document, Chunk.document_id == Document.id)
+                         .order_by(Chunk.document_id, Chunk.ordinal)).all()
+    assert len(rows) == report.chunks
+    texts = [embedding_text(t, title, hp or (), count_tokens=ctx.embedder.count_tokens,
+                            max_tokens=ctx.embedder.max_tokens, text_tokens=n) for t, hp, n, _, title, _, _ in rows]
+    stored = np.stack([np.frombuffer(r[3], dtype=np.float32) for r in rows])
+    assert float((stored * ctx.embedder.encode(texts)).sum(1).min()) > 0.9999
+    # Hits point at the right rows: a query for one document's words finds that document's chunks first.
+    hits = ctx.retriever.search("team4 handbook reviews item", k=3).hits
+    assert hits and all("team4" in h.text for h in hits)
