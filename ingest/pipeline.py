@@ -8,7 +8,8 @@
 - Three stages overlap: an extraction thread loads and chunks files up to two groups ahead, the calling thread
   embeds a group (the embedder's own threads do the work, without the GIL), and a writer thread commits the
   previous group and adds it to the index. On 2 cores the Python work of extraction and storage then fills the
-  gaps of the embedder instead of following it (SciFact: it was 19 s of 95 s, serial).
+  gaps of the embedder instead of following it (SciFact: it was 19 s of 95 s, serial). The writer keeps its
+  share small: one flush for the group's documents, multi-row INSERT ... RETURNING for its chunks.
 - A group is cut at ~1,000 chunks, or earlier when the extraction thread is still busy on the next file after
   `_AHEAD_WAIT_S` and at least `_AHEAD_MIN_CHUNKS` chunks wait: a folder of a few large PDFs otherwise extracts
   and embeds in turn (sec-10q, 2 filings: pipeline / embedding alone 1.50 → 1.33, bench/ingest.py).
