@@ -47,10 +47,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
 
-    from ingest.chunk import chunk
-    from rag.config import Settings
     from transformers import AutoTokenizer
 
+    from ingest.chunk import chunk
+    from rag.chunk_text import lexical_texts
+    from rag.config import Settings
     from rag.embed import resolve_embedding_model
     from rag.lexical import Tokenizer
 
@@ -71,7 +72,7 @@ def main() -> None:
             fast = [tok.window_terms(c, window, title, heads) for c, title, heads in per_doc]
             best["one pass"] = min(best["one pass"], time.perf_counter() - t)
             t = time.perf_counter()
-            slow = [tok._window_terms_slow(c, window, title, heads) for c, title, heads in per_doc]
+            slow = [[tok(t) for t in lexical_texts(c, window, title, heads)] for c, title, heads in per_doc]
             best["per window"] = min(best["per window"], time.perf_counter() - t)
             if fast != slow:
                 raise SystemExit(f"{name}: the one-pass terms differ from the per-window terms")

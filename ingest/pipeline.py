@@ -53,8 +53,6 @@ Status = str  # added | updated | unchanged | skipped | failed | removed
 _AHEAD_MIN_CHUNKS = 64
 _AHEAD_WAIT_S = 0.01
 _AHEAD_MAX_FILES = 1024
-# Ids per `IN (...)` list: well under SQLite's bound on bound parameters (32,766) and PostgreSQL's (65,535).
-_SQL_IN_BATCH = 5000
 
 
 @dataclass
@@ -129,7 +127,6 @@ class _Prepared:
     error: LoadError | None = None
     t_extract: float = 0.0
     t_chunk: float = 0.0
-    etexts: list[str] | None = None  # what the embedder sees of each spec (`Ingestor._etexts`), computed once
 
 
 @dataclass
@@ -496,7 +493,8 @@ class Ingestor:
                     plan.reuse[et] = c.embedding
                     plan.old_etext[c.id] = et
                     plan.old_rows.setdefault(c.document_id, {})[c.ordinal] = c
-        plan.etexts = {id(sp): et for prep, _ in group for sp, et in zip(prep.specs, self._etexts(prep))}
+        plan.etexts = {id(sp): self._embedding_text(sp.text, _title(prep), sp.heading_path, sp.token_count)
+                       for prep, _ in group for sp in prep.specs}
         uniq = list(dict.fromkeys(et for et in plan.etexts.values() if et not in plan.reuse))
         report.timings["store"] += time.perf_counter() - t
         t = time.perf_counter()
@@ -574,8 +572,7 @@ class Ingestor:
                                           reason=(f"{len(d.empty_pages)} page(s) without text"
                                                   if d.empty_pages else None)))
             # Replaced chunks go before their successors arrive (same document and ordinal: a unique key).
-            for i in range(0, len(remove_ids), _SQL_IN_BATCH):
-                s.execute(Chunk.__table__.delete().where(Chunk.id.in_(remove_ids[i:i + _SQL_IN_BATCH])))
+            repo.delete_chunks(s, remove_ids)
             if new_rows:
                 add_ids.extend(_insert_chunks(s, new_rows))
                 add_vecs.extend(r["embedding"] for r in new_rows)
@@ -589,13 +586,6 @@ class Ingestor:
         self.store.apply(coll, gen, add_ids=np.asarray(add_ids, dtype=np.int64), add_vecs=vec_arr,
                          remove_ids=remove_ids, relex_ids=relex_ids, save=False)
         return _Written(results, reused, t_store, time.perf_counter() - t)
-
-    def _etexts(self, prep: _Prepared) -> list[str]:
-        """Embedding texts of a prepared file's chunks (computed once per file)."""
-        if prep.etexts is None:
-            prep.etexts = [self._embedding_text(sp.text, _title(prep), sp.heading_path, sp.token_count)
-                           for sp in prep.specs]
-        return prep.etexts
 
     def _embedding_text(self, text: str, title: str | None, headings: Sequence[str], tokens: int | None) -> str:
         return embedding_text(text, title, headings, count_tokens=self.embedder.count_tokens,

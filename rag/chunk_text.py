@@ -9,6 +9,7 @@ neighbours (lexical). Pure functions, shared by ingestion, the index store and t
 - `window_lexical_text`: for BM25, the header, the chunk and its neighbours stitched at their character offsets
   (`window_text`), then the chunk once more: the window lends a short chunk its document's vocabulary, the repeat
   keeps the chunk itself ahead of its neighbours for its own words (see rag/lexical.py for the figures).
+  `lexical_texts`: that for each chunk of a document.
 """
 
 from __future__ import annotations
@@ -84,3 +85,15 @@ def window_lexical_text(text: str, window: Sequence[tuple[str, int, int]], title
     0.746 with the chunk repeated (bench/retrieval.py). Without the repeat every chunk of a short document would
     score the same for any query; with it the chunk holding the words ranks first."""
     return lexical_text(window_text(window), title, headings) + "\n" + text
+
+
+def lexical_texts(chunks: Sequence[tuple[str, int, int]], window: int, title: str | None = None,
+                  headings: Sequence[Sequence[str]] | None = None) -> list[str]:
+    """What the lexical index sees for each of one document's chunks `(text, char_start, char_end)`, in order:
+    `window_lexical_text` with `window` neighbours each side, or `lexical_text` when `window` is 0.
+    `headings[j]`: chunk j's heading path."""
+    heads = headings if headings is not None else [()] * len(chunks)
+    if window <= 0:
+        return [lexical_text(text, title, heads[j]) for j, (text, _a, _b) in enumerate(chunks)]
+    return [window_lexical_text(text, chunks[max(0, j - window):j + window + 1], title, heads[j])
+            for j, (text, _a, _b) in enumerate(chunks)]

@@ -30,8 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from rag.db.models import Chunk, Document
-
-_IN_BATCH = 5000
+from rag.db.repo import IN_BATCH
 
 
 class Filters(BaseModel):
@@ -166,8 +165,8 @@ def allowed_document_ids(s: Session, collection_id: int, filters: Filters) -> li
     rows: list[Any] = []
     if filters.document_ids is not None:
         ids = list(filters.document_ids)
-        for i in range(0, len(ids), _IN_BATCH):
-            rows.extend(s.execute(q.where(Document.id.in_(ids[i:i + _IN_BATCH]))).all())
+        for i in range(0, len(ids), IN_BATCH):
+            rows.extend(s.execute(q.where(Document.id.in_(ids[i:i + IN_BATCH]))).all())
     else:
         rows = list(s.execute(q).all())
     return sorted(int(r[0]) for r in rows
@@ -177,8 +176,8 @@ def allowed_document_ids(s: Session, collection_id: int, filters: Filters) -> li
 def chunk_ids_of(s: Session, document_ids: Sequence[int]) -> np.ndarray:
     out: list[int] = []
     ids = list(document_ids)
-    for i in range(0, len(ids), _IN_BATCH):
-        out.extend(s.scalars(select(Chunk.id).where(Chunk.document_id.in_(ids[i:i + _IN_BATCH]))))
+    for i in range(0, len(ids), IN_BATCH):
+        out.extend(s.scalars(select(Chunk.id).where(Chunk.document_id.in_(ids[i:i + IN_BATCH]))))
     return np.asarray(sorted(out), dtype=np.int64)
 
 

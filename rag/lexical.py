@@ -52,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rag.chunk_text import header_parts, lexical_text, window_lexical_text, window_text
+from rag.chunk_text import header_parts, lexical_texts, window_text
 from rag.files import atomic_write
 from rag.index import meta_path_for
 
@@ -105,8 +105,8 @@ class Tokenizer:
     def window_terms(self, chunks: Sequence[tuple[str, int, int]], window: int, title: str | None = None,
                      headings: Sequence[Sequence[str]] | None = None) -> list[list[str]]:
         """The terms of each chunk's lexical text, for one document's chunks `(text, char_start, char_end)` in
-        order: exactly `self(window_lexical_text(...))` (`self(lexical_text(...))` when `window` is 0), list
-        for list. `headings[j]`: chunk j's heading path.
+        order: exactly `[self(t) for t in lexical_texts(...)]` (rag/chunk_text.py), list for list.
+        `headings[j]`: chunk j's heading path.
 
         Why: a chunk's lexical text repeats its neighbours (a window of 2 holds ~6 chunks' worth of text), so
         tokenizing each one on its own costs ~6x tokenizing the document. Here the document's stitched text is
@@ -174,10 +174,7 @@ class Tokenizer:
 
     def _window_terms_slow(self, chunks: Sequence[tuple[str, int, int]], window: int, title: str | None,
                            heads: Sequence[Sequence[str]]) -> list[list[str]]:
-        if window <= 0:
-            return [self(lexical_text(text, title, heads[j])) for j, (text, _a, _b) in enumerate(chunks)]
-        return [self(window_lexical_text(text, chunks[max(0, j - window):j + window + 1], title, heads[j]))
-                for j, (text, _a, _b) in enumerate(chunks)]
+        return [self(t) for t in lexical_texts(chunks, window, title, heads)]
 
 
 def _stitch(chunks: Sequence[tuple[str, int, int]]) -> tuple[str, list[int]] | None:

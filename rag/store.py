@@ -29,7 +29,7 @@ from rag.db import repo
 from rag.db.models import Chunk, Collection, Document
 from rag.db.session import Database
 from rag.index import IVF_MIN_VECTORS, IndexParams, VectorIndex, choose_index_type, ivf_needs_retrain, meta_path_for
-from rag.chunk_text import lexical_text, window_lexical_text
+from rag.chunk_text import lexical_texts
 from rag.lexical import LexicalIndex, Tokenizer
 
 
@@ -200,7 +200,7 @@ class IndexStore:
         todo += [int(i) for i in relex_ids or ()]
         if todo:
             # The indexed text carries the document title, heading path and neighbouring chunks
-            # (rag.lexical.lexical_text), read from the committed rows. `add` replaces a re-indexed id.
+            # (rag.chunk_text.lexical_texts), read from the committed rows. `add` replaces a re-indexed id.
             with self.db.session() as s:
                 ids, terms = _lexical_rows(s, todo, self.settings.lexical_window, lex.tokenizer)
             lex.add_terms(ids, terms)
@@ -268,10 +268,8 @@ def _documents_texts(s, document_ids: list[int], window: int) -> dict[int, str]:
     """chunk id → lexical text (title, headings, the chunk in its window) for the chunks of these documents."""
     out: dict[int, str] = {}
     for doc in _document_rows(s, document_ids):
-        for j, r in enumerate(doc):
-            parts = [(x[2], x[3], x[4]) for x in doc[max(0, j - window):j + window + 1]]
-            out[int(r[0])] = window_lexical_text(r[2], parts, r[6], r[5] or ()) if window else \
-                lexical_text(r[2], r[6], r[5] or ())
+        texts = lexical_texts([(r[2], r[3], r[4]) for r in doc], window, doc[0][6], [r[5] or () for r in doc])
+        out.update((int(r[0]), t) for r, t in zip(doc, texts))
     return out
 
 
@@ -311,12 +309,13 @@ def _collection_documents(s, collection_id: int) -> list[int]:  # type: ignore[n
                                       .order_by(Document.id))]
 
 
-def _lexical_rows(s, chunk_ids: list[int], window: int, tokenizer: Tokenizer,  # type: ignore[no-untyped-def]
-                  batch: int = 5000) -> tuple[list[int], list[list[str]]]:
+def _lexical_rows(s, chunk_ids: list[int], window: int,  # type: ignore[no-untyped-def]
+                  tokenizer: Tokenizer) -> tuple[list[int], list[list[str]]]:
     """(chunk ids, lexical terms) of the given chunks that exist, in the given order."""
     docs: set[int] = set()
-    for i in range(0, len(chunk_ids), batch):
-        docs.update(int(d) for d in s.scalars(select(Chunk.document_id).where(Chunk.id.in_(chunk_ids[i:i + batch]))))
+    for i in range(0, len(chunk_ids), repo.IN_BATCH):
+        docs.update(int(d) for d in s.scalars(select(Chunk.document_id)
+                                              .where(Chunk.id.in_(chunk_ids[i:i + repo.IN_BATCH]))))
     found = _documents_terms(s, sorted(docs), window, tokenizer, only=set(chunk_ids))
     ids = [c for c in dict.fromkeys(chunk_ids) if c in found]
     return ids, [found[c] for c in ids]

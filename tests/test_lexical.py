@@ -197,6 +197,7 @@ def test_window_terms_equal_tokenizing_each_window_on_real_documents(shared_data
 
     from ingest.chunk import chunk
     from ingest.loaders import load
+    from rag.chunk_text import lexical_texts
 
     tok = Tokenizer()
     files = sorted((shared_data / "corpora" / "fastapi-docs").rglob("*.md"))
@@ -213,7 +214,7 @@ def test_window_terms_equal_tokenizing_each_window_on_real_documents(shared_data
         heads = [sp.heading_path for sp in specs]
         for window in (0, 2):
             got = tok.window_terms(chunks, window, doc.title, heads)
-            assert got == tok._window_terms_slow(chunks, window, doc.title, heads)
+            assert got == [tok(t) for t in lexical_texts(chunks, window, doc.title, heads)]
         from rag.lexical import _stitch
 
         fast += _stitch(chunks) is not None

@@ -14,6 +14,11 @@ from rag.db.models import Chunk, Collection, Document, utcnow
 from rag.types import Hit
 
 
+# Ids per `IN (...)` list in queries over arbitrarily many ids: well under SQLite's bound on bound parameters
+# (32,766) and PostgreSQL's (65,535).
+IN_BATCH = 5000
+
+
 class NotFound(LookupError):
     pass
 
@@ -101,6 +106,13 @@ def chunk_ids_of_documents(s: Session, document_ids: Iterable[int]) -> list[int]
     if not ids:
         return []
     return list(s.scalars(select(Chunk.id).where(Chunk.document_id.in_(ids))))
+
+
+def delete_chunks(s: Session, chunk_ids: Sequence[int]) -> None:
+    """Delete chunks by id (any number of them). A table-level DELETE: the session's objects are not looked up."""
+    ids = list(chunk_ids)
+    for i in range(0, len(ids), IN_BATCH):
+        s.execute(Chunk.__table__.delete().where(Chunk.id.in_(ids[i:i + IN_BATCH])))
 
 
 def delete_documents(s: Session, documents: Sequence[Document]) -> list[int]:
