@@ -9,6 +9,6 @@ __all__ = ["create_app"]
 
 
 def create_app(*args, **kwargs):  # type: ignore[no-untyped-def]
-    from api.app import create_app as _create
+    from ctxqa.api.app import create_app as _create
 
     return _create(*args, **kwargs)

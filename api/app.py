@@ -1,6 +1,7 @@
-"""The FastAPI application: `create_app(settings)`.
+"""The FastAPI application: `create_app(services)`.
 
-The lifespan builds the process's one `Context` and loads everything heavy before the first request: the
+The API is handed the process's services (`ctxqa.context.Context`, built by the wiring above this layer: the
+`ctxqa serve` command or `ctxqa.server:factory`). The lifespan loads everything heavy before the first request: the
 embedder, every collection's index, and the language model; then it starts the generation queue. Loading the
 model may fail (backend not installed, file missing): the server still starts, /readyz says why, and /v1/ask
 answers 503 until a restart with a working model.
@@ -22,13 +23,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from api.deps import ApiError, AppState
-from api.metrics import Metrics, MetricsMiddleware
-from api.queue import GenerationQueue, generator_concurrency
-from api.routes import all_routers
-from rag.config import Settings
-from rag.context import Context
-from rag.db import repo
+from ctxqa.api.deps import ApiError
+from ctxqa.api.metrics import Metrics, MetricsMiddleware
+from ctxqa.api.queue import GenerationQueue
+from ctxqa.api.routes import all_routers
+from ctxqa.api.state import AppState, Services
+from ctxqa.rag.config import Settings
+from ctxqa.rag.db import repo
 
 log = logging.getLogger("ctxqa.api")
 
@@ -121,7 +122,7 @@ def _limit(prop: dict[str, Any] | None, *, maximum: int | None = None, max_lengt
 
 def apply_limits(spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """Publish the configured input limits in the OpenAPI schema (the handlers enforce them either way)."""
-    from api.schemas import MAX_QUESTIONS
+    from ctxqa.api.schemas import MAX_QUESTIONS
 
     schemas = spec.get("components", {}).get("schemas", {})
 
@@ -167,7 +168,7 @@ def warn_auth_disabled(settings: Settings) -> None:
 
 def _load(state: AppState) -> None:
     """Load the heavy parts (in a worker thread, so start-up never blocks the loop)."""
-    ctx = state.ctx
+    ctx = state.services
     _ = ctx.embedder
     _ = ctx.ingestor
     _ = ctx.retriever
@@ -189,13 +190,12 @@ def _load(state: AppState) -> None:
         log.error("could not load the language model: %s", state.model_error)
 
 
-def create_app(settings: Settings | None = None, *, context: Context | None = None,
-               load_model: bool = True) -> FastAPI:
-    """Build the app. `context` may be given to share already-loaded parts (tests); otherwise one is made."""
-    settings = settings or Settings()
+def create_app(services: Services, *, load_model: bool = True, owns_services: bool = False) -> FastAPI:
+    """Build the app over `services`. With `owns_services` the app closes them at shutdown (the server
+    factory's case); otherwise the caller keeps them (tests that share loaded parts)."""
+    settings = services.settings
     metrics = Metrics()
-    state = AppState(settings=settings, ctx=context or Context(settings), metrics=metrics,
-                     ingest_lock=threading.RLock())
+    state = AppState(settings=settings, services=services, metrics=metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -203,8 +203,8 @@ def create_app(settings: Settings | None = None, *, context: Context | None = No
             warn_auth_disabled(settings)
         if load_model:
             await run_in_threadpool(_load, state)
-        gen = state.ctx.__dict__.get("generator")
-        workers = generator_concurrency(gen, settings.llm_max_batch_size) if gen is not None else 1
+        gen = services.loaded_generator()
+        workers = gen.max_concurrency if gen is not None else 1
         state.queue = GenerationQueue(settings.queue_size, workers=workers, metrics=metrics)
         log.info("ctxqa API ready: %d generation worker(s), queue of %d", workers, settings.queue_size)
         try:
@@ -213,8 +213,8 @@ def create_app(settings: Settings | None = None, *, context: Context | None = No
             q, state.queue = state.queue, None
             if q is not None:
                 await run_in_threadpool(q.close)
-            if context is None:
-                state.ctx.close()
+            if owns_services:
+                services.close()
 
     app = FastAPI(title="ctxqa", version=f"{API_VERSION}.0", description=DESCRIPTION, lifespan=lifespan,
                   docs_url="/docs", redoc_url="/redoc", openapi_url="/openapi.json")
@@ -231,8 +231,3 @@ def create_app(settings: Settings | None = None, *, context: Context | None = No
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
-
-
-def factory() -> FastAPI:
-    """For `uvicorn --factory api.app:factory` (what `ctxqa serve` runs): settings from env / ctxqa.toml."""
-    return create_app(Settings())

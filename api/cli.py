@@ -1,4 +1,7 @@
-"""`ctxqa serve` and `ctxqa keys create|list|revoke`, registered on the main CLI by `register(app)`."""
+"""`ctxqa serve` and `ctxqa keys create|list|revoke`, registered on the main CLI by `register(app, app_factory)`.
+
+The API layer does not know the process wiring above it: the CLI passes the import path of the app factory
+(`ctxqa.server:factory`) that each uvicorn worker process calls."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ keys_app = typer.Typer(help="API keys for the HTTP API (only a hash of each key 
 
 
 def _settings():  # type: ignore[no-untyped-def]
-    from rag.config import Settings
+    from ctxqa.rag.config import Settings
 
     try:
         return Settings()
@@ -28,18 +31,12 @@ def _settings():  # type: ignore[no-untyped-def]
 
 
 def _db():  # type: ignore[no-untyped-def]
-    from rag.db.session import Database
+    from ctxqa.rag.db.session import Database
 
     return Database(_settings().db_url)
 
 
-def serve(
-    host: Annotated[Optional[str], typer.Option("--host", help="Interface to bind (default: settings host).")] = None,
-    port: Annotated[Optional[int], typer.Option("--port", help="Port (default: settings port).")] = None,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Processes; each loads its own model.")] = 1,
-    log_level: Annotated[str, typer.Option("--log-level")] = "info",
-) -> None:
-    """Run the HTTP API (FastAPI under uvicorn). OpenAPI docs at /docs."""
+def _serve(app_factory: str, host: str | None, port: int | None, workers: int, log_level: str) -> None:
     import uvicorn
 
     settings = _settings()
@@ -53,7 +50,7 @@ def serve(
             err.print(f"[bold red]auth is disabled AND the server listens on {host}: every client on that "
                       f"network has full access[/]")
     else:
-        from api.keys import list_keys
+        from ctxqa.api.keys import list_keys
 
         with _db().session() as s:
             active = [k for k in list_keys(s) if k.revoked_at is None]
@@ -61,7 +58,7 @@ def serve(
             err.print("[yellow]no API keys yet: every request will get 401. Create one with "
                       "`ctxqa keys create --name admin --admin`[/]")
     err.print(f"ctxqa API on http://{host}:{port}  (docs: http://{host}:{port}/docs, {workers} worker(s))")
-    uvicorn.run("api.app:factory", factory=True, host=host, port=port, workers=workers, log_level=log_level,
+    uvicorn.run(app_factory, factory=True, host=host, port=port, workers=workers, log_level=log_level,
                 timeout_graceful_shutdown=10)
 
 
@@ -74,7 +71,7 @@ def keys_create(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Create a key. The secret is printed once and never stored: keep it."""
-    from api.keys import ApiKeyError, create_key
+    from ctxqa.api.keys import ApiKeyError, create_key
 
     if admin and collection:
         err.print("[red]error:[/] --admin keys see every collection; drop --collection or --admin")
@@ -97,7 +94,7 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List keys (name, prefix, scope, dates); secrets are never shown."""
-    from api.keys import list_keys
+    from ctxqa.api.keys import list_keys
 
     with _db().session() as s:
         rows = [{"name": k.name, "prefix": k.prefix, "admin": k.admin, "collections": list(k.collections or []),
@@ -118,7 +115,7 @@ def keys_list(json_out: Annotated[bool, typer.Option("--json")] = False) -> None
 @keys_app.command("revoke")
 def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name.")]) -> None:
     """Revoke a key: it stops working at once."""
-    from api.keys import ApiKeyError, revoke_key
+    from ctxqa.api.keys import ApiKeyError, revoke_key
 
     try:
         with _db().session() as s:
@@ -129,6 +126,15 @@ def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name.")]) ->
     err.print(f"revoked key {name}")
 
 
-def register(app: typer.Typer) -> None:
+def register(app: typer.Typer, *, app_factory: str) -> None:
+    def serve(
+        host: Annotated[Optional[str], typer.Option("--host", help="Interface to bind (default: settings host).")] = None,
+        port: Annotated[Optional[int], typer.Option("--port", help="Port (default: settings port).")] = None,
+        workers: Annotated[int, typer.Option("--workers", min=1, help="Processes; each loads its own model.")] = 1,
+        log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    ) -> None:
+        """Run the HTTP API (FastAPI under uvicorn). OpenAPI docs at /docs."""
+        _serve(app_factory, host, port, workers, log_level)
+
     app.command("serve")(serve)
     app.add_typer(keys_app, name="keys")

@@ -16,14 +16,9 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from api.keys import LOCAL_PRINCIPAL, Principal, verify_key
-from rag.config import Settings
-from rag.context import Context
-
-if TYPE_CHECKING:
-    from api.metrics import Metrics
-    from api.queue import GenerationQueue
-
+from ctxqa.api.keys import LOCAL_PRINCIPAL, Principal, verify_key
+from ctxqa.api.state import AppState, Services
+from ctxqa.rag.config import Settings
 
 class StrictJSONRequest(Request):
     """A request whose JSON body must be valid UTF-8 without lone surrogates (``"\\udcff"``): such strings
@@ -94,17 +89,6 @@ def bad_input(field: str, message: str, status: int = 422) -> ApiError:
     return ApiError(status, "validation_error", f"{field}: {message}", field=field)
 
 
-@dataclass
-class AppState:
-    settings: Settings
-    ctx: Context
-    metrics: "Metrics"
-    queue: "GenerationQueue | None" = None
-    model_error: str | None = None
-    index_error: str | None = None
-    ingest_lock: Any = None
-
-
 def get_state(request: Request) -> AppState:
     return request.app.state.ctxqa  # type: ignore[no-any-return]
 
@@ -113,13 +97,13 @@ def get_settings(state: Annotated[AppState, Depends(get_state)]) -> Settings:
     return state.settings
 
 
-def get_context(state: Annotated[AppState, Depends(get_state)]) -> Context:
-    return state.ctx
+def get_services(state: Annotated[AppState, Depends(get_state)]) -> Services:
+    return state.services
 
 
-def get_session(ctx: Annotated[Context, Depends(get_context)]) -> Iterator[Session]:
+def get_session(services: Annotated[Services, Depends(get_services)]) -> Iterator[Session]:
     """A transaction scope for one request (commits on success, rolls back on error)."""
-    with ctx.db.session() as s:
+    with services.db.session() as s:
         yield s
 
 
@@ -139,7 +123,7 @@ def get_principal(
             state.metrics.auth_failures.inc()
             raise ApiError(401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>'",
                            field="Authorization", headers={"WWW-Authenticate": "Bearer"})
-        with state.ctx.db.session() as s:
+        with state.services.db.session() as s:
             found = verify_key(s, creds.credentials.strip())
         if found is None:
             state.metrics.auth_failures.inc()
@@ -152,7 +136,7 @@ def get_principal(
 
 StateDep = Annotated[AppState, Depends(get_state)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-ContextDep = Annotated[Context, Depends(get_context)]
+ServicesDep = Annotated[Services, Depends(get_services)]
 SessionDep = Annotated[Session, Depends(get_session)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
@@ -203,9 +187,9 @@ def library_error(exc: BaseException, field: str | None = None) -> ApiError:
     """Map an exception from the library to an ApiError (status, code, the field at fault)."""
     from pydantic import ValidationError
 
-    from api.queue import QueueClosed, QueueFull
-    from rag.db import repo
-    from rag.generate.base import ContextOverflowError, GeneratorError
+    from ctxqa.api.queue import QueueClosed, QueueFull
+    from ctxqa.rag.db import repo
+    from ctxqa.rag.generate.base import ContextOverflowError, GeneratorError
 
     if isinstance(exc, ApiError):
         return exc

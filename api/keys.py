@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from rag.db.models import ApiKey, utcnow
+from ctxqa.rag.db.models import ApiKey, utcnow
 
 SECRET_PREFIX = "ctxqa_"
 PREFIX_LEN = 12  # "ctxqa_" + 6 characters: enough to recognise a key in a listing, useless for guessing it

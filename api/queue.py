@@ -5,8 +5,8 @@
   `asyncio.Queue`, so a streaming response sees token deltas as they are produced.
 - At most `capacity` jobs wait; `submit` raises `QueueFull` beyond that (the API answers 503 with a
   Retry-After estimated from recent job durations).
-- `workers` jobs run at once: 1 for a generator that serialises requests (llama.cpp), N when the generator says
-  it batches concurrent jobs (ExLlamaV2's dynamic generator with paged attention).
+- `workers` jobs run at once: the generator's declared `max_concurrency` (1 for llama.cpp, which serialises
+  requests; the batch size for ExLlamaV2's dynamic generator).
 - `Job.cancel()` (a client disconnected) sets the job's `threading.Event`: a waiting job is dropped before it
   starts, a running one stops at the next token (the backends check the event between tokens).
 """
@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from api.metrics import Metrics
+from ctxqa.api.metrics import Metrics
 
 log = logging.getLogger("ctxqa.api.queue")
 
@@ -206,30 +206,3 @@ class GenerationQueue:
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
-
-
-def generator_concurrency(generator: Any, default_batch: int) -> int:
-    """How many jobs may run at once on this generator: the backend's own declaration, else 1.
-
-    A backend that batches concurrent requests (ExLlamaV2's dynamic generator with paged attention) declares it
-    with an int `max_concurrency`/`concurrent_jobs` attribute, or a true `supports_concurrency`/`paged`
-    attribute (then its `max_batch_size`, else `llm_max_batch_size`, jobs run at once). llama.cpp serialises
-    requests (one context): 1.
-    """
-    for attr in ("max_concurrency", "concurrent_jobs"):
-        value = getattr(generator, attr, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    for attr in ("supports_concurrency", "paged"):
-        value = getattr(generator, attr, None)
-        if callable(value):
-            try:
-                value = value()
-            except Exception:  # noqa: BLE001
-                value = False
-        if value is True:
-            own = getattr(generator, "max_batch_size", None)  # ExLlamaV2Generator: its dynamic generator's batch
-            if isinstance(own, int) and not isinstance(own, bool) and own > 0:
-                return own
-            return max(1, int(default_batch))
-    return 1

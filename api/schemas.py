@@ -14,8 +14,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rag.filters import Filters
-from rag.types import Answer, Citation, Hit
+from ctxqa.rag.retrieve.filters import Filters
+from ctxqa.rag.types import Answer, Citation, Hit
 
 # Hard ceilings of the schema; the configurable limits (Settings.max_question_chars, max_top_k,
 # max_new_tokens_limit) are checked per request and are usually lower.

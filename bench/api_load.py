@@ -126,7 +126,7 @@ def start_server(root: Path, env_extra: dict[str, str]) -> tuple[subprocess.Pope
                 "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)})
     env.update(env_extra)
     log = root / "server.log"
-    proc = subprocess.Popen([sys.executable, "-m", "rag.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "ctxqa", "serve", "--host", "127.0.0.1", "--port", str(port),
                              "--log-level", "warning"], cwd=root, env=env, stdout=log.open("wb"),
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -145,8 +145,8 @@ def start_server(root: Path, env_extra: dict[str, str]) -> tuple[subprocess.Pope
 
 
 def make_key(data_dir: Path) -> str:
-    from api.keys import create_key
-    from rag.db.session import Database
+    from ctxqa.api.keys import create_key
+    from ctxqa.rag.db.session import Database
 
     db = Database(f"sqlite:///{data_dir / 'ctxqa.db'}")
     with db.session() as s:

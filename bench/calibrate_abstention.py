@@ -38,10 +38,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from sqlalchemy import select  # noqa: E402
 
-from rag.config import Settings  # noqa: E402
-from rag.context import Context  # noqa: E402
-from rag.db import repo  # noqa: E402
-from rag.db.models import Chunk, Collection, Document  # noqa: E402
+from ctxqa.rag.config import Settings  # noqa: E402
+from ctxqa.context import Context  # noqa: E402
+from ctxqa.rag.db import repo  # noqa: E402
+from ctxqa.rag.db.models import Chunk, Collection, Document  # noqa: E402
 
 SHARED = Path(os.environ.get("CTXQA_SHARED", ROOT.parent / "shared")) / "data" / "eval"
 RESULTS = ROOT / "bench" / "results"
@@ -56,8 +56,8 @@ def load() -> tuple[list[dict], list[dict], list[str]]:
 
 
 def build(ctx: Context, records: list[dict]) -> None:
-    from ingest.chunk import chunk
-    from rag.types import LoadedDocument
+    from ctxqa.ingest.chunk import chunk
+    from ctxqa.rag.types import LoadedDocument
 
     emb = ctx.embedder
     docs: list[tuple[str, str, str, list[Any]]] = []

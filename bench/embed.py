@@ -54,8 +54,8 @@ def corpus_chunks(root: Path, tokenizer: Any, size: int, overlap: int, max_token
     cache = RESULTS / f"chunks_{h.hexdigest()[:16]}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    from ingest.chunk import chunk
-    from ingest.loaders import load
+    from ctxqa.ingest.chunk import chunk
+    from ctxqa.ingest.loaders import load
 
     out: list[str] = []
     for p in files:
@@ -99,8 +99,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS / "embed.json")
     args = ap.parse_args()
 
-    from rag.config import Settings
-    from rag.embed import Embedder
+    from ctxqa.rag.config import Settings
+    from ctxqa.rag.embed.embedder import Embedder
 
     settings = Settings()
     wanted = [v for v in args.variants.split(",") if v]

@@ -59,8 +59,8 @@ def load_scifact(d: Path) -> tuple[dict[str, str], dict[str, str], dict[str, dic
 
 
 def chunk_corpus(corpus: dict[str, str], tokenizer) -> tuple[list[str], list[str]]:  # type: ignore[no-untyped-def]
-    from ingest.chunk import chunk
-    from rag.types import LoadedDocument
+    from ctxqa.ingest.chunk import chunk
+    from ctxqa.rag.types import LoadedDocument
 
     texts: list[str] = []
     owners: list[str] = []
@@ -128,8 +128,8 @@ def search(doc_vecs: np.ndarray, owners: list[str], q_vecs: np.ndarray, qids: li
 
 
 def make_embedder(variant: str, extra: dict[str, str], threads: int | None):  # type: ignore[no-untyped-def]
-    from rag.embed import Embedder
-    from rag.onnx_embed import OnnxEncoder
+    from ctxqa.rag.embed.embedder import Embedder
+    from ctxqa.rag.embed.onnx_runtime import OnnxEncoder
 
     if variant in extra:
         e = Embedder(backend="onnx", threads=threads)
@@ -153,8 +153,8 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from rag.config import DEFAULT_EMBEDDING_MODEL
-    from rag.embed import resolve_embedding_model
+    from ctxqa.rag.config import DEFAULT_EMBEDDING_MODEL
+    from ctxqa.rag.embed.embedder import resolve_embedding_model
 
     extra = dict(x.split("=", 1) for x in args.extra)
     variants = [v for v in args.variants.split(",") if v] + list(extra)

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import faiss  # noqa: E402
 
-from rag.index import IndexParams, VectorIndex  # noqa: E402
+from ctxqa.rag.index.vector import IndexParams, VectorIndex  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PREFIXES: list[int] = []
@@ -201,9 +201,9 @@ def main() -> None:
     faiss.omp_set_num_threads(args.threads)
     PREFIXES[:] = [int(x) for x in args.prefixes.split(",") if x]
     if args.ivf_nlist:
-        import rag.index
+        from ctxqa.rag.index import vector
 
-        rag.index._ivf_nlist = lambda n: args.ivf_nlist  # noqa: E731 - bench-only override
+        vector._ivf_nlist = lambda n: args.ivf_nlist  # noqa: E731 - bench-only override
     kinds = ["hierarchical", "clustered"] if args.data == "both" else [args.data]
     out = {"threads": args.threads, "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg(), "runs": []}
     for kind in kinds:

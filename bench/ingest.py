@@ -87,10 +87,10 @@ def write_scifact(jsonl: Path, out: Path) -> int:
 def run_one(corpus: str, backend: str, threads: int | None, profile: bool, alone_sample: int = 0) -> dict:
     from sqlalchemy import select
 
-    from rag.config import Settings
-    from rag.context import Context
-    from rag.chunk_text import embedding_text
-    from rag.db.models import Chunk, Document
+    from ctxqa.rag.config import Settings
+    from ctxqa.context import Context
+    from ctxqa.rag.index.chunk_text import embedding_text
+    from ctxqa.rag.db.models import Chunk, Document
 
     with tempfile.TemporaryDirectory(prefix=f"ctxqa-bench-{corpus}-") as tmp:
         src = CORPORA[corpus]
@@ -212,7 +212,7 @@ def main() -> None:
         emit(row)
         return
 
-    from rag.config import Settings
+    from ctxqa.rag.config import Settings
 
     backends = (args.backends or Settings().embedding_backend).split(",")
     rows = []

@@ -25,8 +25,8 @@ SHARED = Path(os.environ.get("CTXQA_SHARED", ROOT.parent / "shared")) / "data"
 
 
 def documents(name: str) -> list:  # type: ignore[type-arg]
-    from ingest.loaders import load
-    from rag.types import LoadedDocument
+    from ctxqa.ingest.loaders import load
+    from ctxqa.rag.types import LoadedDocument
 
     if name == "scifact":
         docs = []
@@ -49,11 +49,11 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from ingest.chunk import chunk
-    from rag.chunk_text import lexical_texts
-    from rag.config import Settings
-    from rag.embed import resolve_embedding_model
-    from rag.lexical import Tokenizer
+    from ctxqa.ingest.chunk import chunk
+    from ctxqa.rag.index.chunk_text import lexical_texts
+    from ctxqa.rag.config import Settings
+    from ctxqa.rag.embed.embedder import resolve_embedding_model
+    from ctxqa.rag.index.lexical import Tokenizer
 
     settings = Settings()
     window = settings.lexical_window if args.window is None else args.window

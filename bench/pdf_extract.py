@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ingest.loaders.pdf import ENGINES, EXTRACTORS, PasswordRequired  # noqa: E402
+from ctxqa.ingest.loaders.pdf import ENGINES, EXTRACTORS, PasswordRequired  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 

@@ -42,15 +42,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rag.chunk_text import embedding_text  # noqa: E402
-from rag.config import Settings  # noqa: E402
-from rag.db import repo  # noqa: E402
-from rag.db.models import Chunk, Document  # noqa: E402
-from rag.db.session import Database  # noqa: E402
-from rag.embed import Embedder  # noqa: E402
-from rag.lexical import LexicalIndex  # noqa: E402
-from rag.retrieve import Candidates, Retriever, fuse_rrf, fuse_weighted, rank_fused  # noqa: E402
-from rag.store import IndexStore, _collection_texts  # noqa: E402
+from ctxqa.rag.index.chunk_text import embedding_text  # noqa: E402
+from ctxqa.rag.config import Settings  # noqa: E402
+from ctxqa.rag.db import repo  # noqa: E402
+from ctxqa.rag.db.models import Chunk, Document  # noqa: E402
+from ctxqa.rag.db.session import Database  # noqa: E402
+from ctxqa.rag.embed.embedder import Embedder  # noqa: E402
+from ctxqa.rag.index.lexical import LexicalIndex  # noqa: E402
+from ctxqa.rag.retrieve.retriever import Candidates, Retriever, fuse_rrf, fuse_weighted, rank_fused  # noqa: E402
+from ctxqa.rag.index.store import IndexStore, _collection_texts  # noqa: E402
 
 DATA = Path(os.environ.get("CTXQA_SHARED", ROOT.parent / "shared")) / "data" / "eval" / "scifact"
 RESULTS = ROOT / "bench" / "results"
@@ -98,8 +98,8 @@ def chunk_corpus(corpus: list[dict], embedder: Embedder) -> tuple[list[dict], li
         data = json.loads(cache.read_text())
         if data.get("n_docs") == len(corpus):
             return corpus, data["chunks"]
-    from ingest.chunk import chunk
-    from rag.types import LoadedDocument
+    from ctxqa.ingest.chunk import chunk
+    from ctxqa.rag.types import LoadedDocument
 
     out = []
     for d in corpus:
@@ -509,7 +509,7 @@ def lexical_compare(doc_of: dict[int, str], db: Database, queries: dict[str, str
     """ctxqa's incremental BM25 vs bm25s (static): build, one-chunk update, query time, nDCG@10."""
     import bm25s
 
-    from rag.lexical import Tokenizer
+    from ctxqa.rag.index.lexical import Tokenizer
 
     with db.session() as s:
         coll = repo.require_collection(s, "scifact")

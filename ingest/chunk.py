@@ -31,7 +31,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from typing import Any
 
-from rag.types import ChunkSpec, LoadedDocument, PageSpan, Section
+from ctxqa.rag.types import ChunkSpec, LoadedDocument, PageSpan, Section
 
 __all__ = ["chunk", "effective_limit"]
 

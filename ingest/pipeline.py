@@ -34,17 +34,17 @@ import numpy as np
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from ingest.chunk import chunk as chunk_document
-from ingest.discover import SIDECAR_SUFFIX, Found, Problem, discover
-from ingest.loaders import SUPPORTED_SUFFIXES, LoadError, load
-from rag.chunk_text import embedding_text
-from rag.config import Settings
-from rag.db import repo
-from rag.db.models import Chunk, Collection, Document
-from rag.db.session import Database
-from rag.embed import Embedder
-from rag.store import IndexStore
-from rag.types import ChunkSpec, LoadedDocument
+from ctxqa.ingest.chunk import chunk as chunk_document
+from ctxqa.ingest.discover import SIDECAR_SUFFIX, Found, Problem, discover
+from ctxqa.ingest.loaders import SUPPORTED_SUFFIXES, LoadError, load
+from ctxqa.rag.index.chunk_text import embedding_text
+from ctxqa.rag.config import Settings
+from ctxqa.rag.db import repo
+from ctxqa.rag.db.models import Chunk, Collection, Document
+from ctxqa.rag.db.session import Database
+from ctxqa.rag.embed.embedder import Embedder
+from ctxqa.rag.index.store import IndexStore
+from ctxqa.rag.types import ChunkSpec, LoadedDocument
 
 Status = str  # added | updated | unchanged | skipped | failed | removed
 

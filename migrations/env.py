@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from rag.db.models import Base
+from ctxqa.rag.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata

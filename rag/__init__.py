@@ -1,3 +1,4 @@
-"""ctxqa query side and shared core: settings, database, embeddings, indexes, retrieval, prompting, generation."""
+"""ctxqa's core (`ctxqa.rag`): settings, database, embeddings, indexes, retrieval, prompting, generation, citations.
 
-__version__ = "0.1.0"
+Nothing here imports `ctxqa.ingest`, `ctxqa.api`, the CLI or the process wiring (tests/test_layers.py holds that).
+"""

@@ -12,13 +12,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from rag import citations as cit
-from rag.config import Settings
-from rag.generate.base import Completion, GenParams, Generator
-from rag.profiles import Profile, get_profile, profile_for_model
-from rag.prompt import pack_prompt
-from rag.retrieve import Retriever
-from rag.types import Answer, Blocks, Hit, Usage
+from ctxqa.rag import citations as cit
+from ctxqa.rag.config import Settings
+from ctxqa.rag.generate.base import Completion, GenParams, Generator
+from ctxqa.rag.profiles import Profile, get_profile, profile_for_model
+from ctxqa.rag.prompt import pack_prompt
+from ctxqa.rag.retrieve.retriever import Retriever
+from ctxqa.rag.types import Answer, Blocks, Hit, Usage
 
 NOT_FOUND = "I could not find this in the documents."
 # Room kept for the template, instruction and BEGINCONTEXT lines when budgeting neighbour chunks.

@@ -35,8 +35,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
-from rag.profiles import Profile, render
-from rag.types import Block, Blocks, Hit
+from ctxqa.rag.profiles import Profile, render
+from ctxqa.rag.types import Block, Blocks, Hit
 
 CountTokens = Callable[[str], int]
 

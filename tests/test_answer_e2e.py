@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from rag.answer import NOT_FOUND, AskOptions
-from rag.citations import parse
+from ctxqa.rag.answer import NOT_FOUND, AskOptions
+from ctxqa.rag.citations import parse
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (extra 'gguf')")
 
 
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, embedder):  # type: ignore[no-untyped-def]
-    from rag.config import Settings
-    from rag.context import Context
+    from ctxqa.rag.config import Settings
+    from ctxqa.context import Context
 
     root = tmp_path_factory.mktemp("corpus")
     # A slice of both shared corpora: Markdown pages and one 10-Q filing (multi-page PDF).

@@ -44,7 +44,7 @@ def _llama_missing() -> str | None:
     except Exception as e:  # noqa: BLE001
         return f"llama-cpp-python is not importable ({e}); /v1/ask needs the embedded llama.cpp backend"
     try:
-        from rag.generate import resolve_model_path
+        from ctxqa.rag.generate import resolve_model_path
 
         resolve_model_path("bundled:smollm2")
     except Exception as e:  # noqa: BLE001
@@ -95,7 +95,7 @@ def start_server(root: Path, extra_env: dict[str, str] | None = None, ready_time
     env.update(extra_env or {})
     log = root / "server.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rag.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level",
+        [sys.executable, "-m", "ctxqa", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level",
          "warning"], cwd=root, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + ready_timeout
@@ -125,8 +125,8 @@ def stop_server(server: Server) -> None:
 
 
 def create_key(server: Server, name: str, collections: list[str] | None = None, admin: bool = False) -> str:
-    from api.keys import create_key as make
-    from rag.db.session import Database
+    from ctxqa.api.keys import create_key as make
+    from ctxqa.rag.db.session import Database
 
     db = Database(f"sqlite:///{server.data_dir / 'ctxqa.db'}")
     try:
@@ -339,7 +339,7 @@ def test_metrics_require_a_key_and_report_routes(server: Server, corpus: dict[st
 
 def test_auth_disabled_warns_loudly(tmp_path: Path) -> None:
     """The start-up banner (checked on the function the lifespan calls: no second model load)."""
-    r = subprocess.run([sys.executable, "-c", "from api.app import warn_auth_disabled; from rag.config import "
+    r = subprocess.run([sys.executable, "-c", "from ctxqa.api.app import warn_auth_disabled; from ctxqa.rag.config import "
                         "Settings; warn_auth_disabled(Settings(auth_disabled=True))"],
                        capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert "AUTHENTICATION IS DISABLED" in r.stderr
@@ -351,8 +351,8 @@ def test_auth_disabled_warns_loudly(tmp_path: Path) -> None:
 
 
 def test_missing_bad_and_revoked_keys_get_401(server: Server, corpus: dict[str, Any]) -> None:
-    from api.keys import revoke_key
-    from rag.db.session import Database
+    from ctxqa.api.keys import revoke_key
+    from ctxqa.rag.db.session import Database
 
     with server.client(None) as c:
         for path, method in (("/v1/search", "POST"), ("/v1/documents", "GET"), ("/v1/collections", "GET"),
@@ -391,7 +391,7 @@ def test_only_a_hash_of_each_key_is_stored(server: Server) -> None:
 
 def test_keys_cli_create_list_revoke(server: Server) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "rag.cli", "keys", *args], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "ctxqa", "keys", *args], capture_output=True, text=True,
                               cwd=server.data_dir.parent, env=server.env, timeout=120)
 
     r = cli("create", "--name", "from-cli", "--collection", "alpha", "--json")
@@ -857,8 +857,8 @@ def test_ask_unknown_collection_and_generation_metrics(server: Server, corpus: d
 def test_queue_fifo_capacity_cancel_and_concurrency() -> None:
     import asyncio
 
-    from api.metrics import Metrics
-    from api.queue import GenerationQueue, QueueFull, generator_concurrency
+    from ctxqa.api.metrics import Metrics
+    from ctxqa.api.queue import GenerationQueue, QueueFull
 
     async def scenario() -> None:
         m = Metrics()
@@ -928,19 +928,15 @@ def test_queue_fifo_capacity_cancel_and_concurrency() -> None:
 
     asyncio.run(scenario())
 
-    class Paged:
-        paged = True
-        max_batch_size = 6
+    from ctxqa.rag.generate.base import Generator
+    from ctxqa.rag.generate.llama_cpp import LlamaCppGenerator
 
-    class Plain:
-        pass
-
-    assert generator_concurrency(Paged(), 8) == 6
-    assert generator_concurrency(Plain(), 8) == 1
+    # Generators declare how many requests they run at once; llama.cpp serialises them.
+    assert Generator.max_concurrency == 1 and LlamaCppGenerator.max_concurrency == 1
 
 
 def test_sanitize_filename_and_sniffing() -> None:
-    from api.routes.documents import sanitize_filename, sniff_kind
+    from ctxqa.api.routes.documents import sanitize_filename, sniff_kind
 
     assert sanitize_filename("../../etc/passwd", "f") == "passwd"
     assert sanitize_filename("C:\\dir\\x.pdf", "f") == "x.pdf"

@@ -57,10 +57,11 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 def _operations() -> list[tuple[str, str]]:
     """(METHOD, path) of every operation, from the app's schema (built in-process; nothing is loaded)."""
-    from api.app import create_app
-    from rag.config import Settings
+    from ctxqa.api.app import create_app
+    from ctxqa.context import Context
+    from ctxqa.rag.config import Settings
 
-    spec = create_app(Settings(auth_disabled=False), load_model=False).openapi()
+    spec = create_app(Context(Settings(auth_disabled=False)), load_model=False).openapi()
     return [(m.upper(), p) for p, item in spec["paths"].items() for m in item
             if m in ("get", "post", "put", "patch", "delete")]
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ingest.chunk import chunk, effective_limit
-from ingest.loaders import LoadError, load
-from rag.types import ChunkSpec, LoadedDocument, PageSpan, Section
+from ctxqa.ingest.chunk import chunk, effective_limit
+from ctxqa.ingest.loaders import LoadError, load
+from ctxqa.rag.types import ChunkSpec, LoadedDocument, PageSpan, Section
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -312,7 +312,7 @@ def test_fast_token_path_gives_the_same_chunks(tok, corpus, monkeypatch: pytest.
     `_counts_in_context`) change nothing: the same chunks, offsets and token counts as tokenizing through the HF
     wrapper and counting every chunk on its own, on the real corpora and on text built to break word boundaries
     (control and zero-width characters, accents split by NFD, CJK, tabs, a word longer than the window)."""
-    import ingest.chunk as C
+    import ctxqa.ingest.chunk as C
 
     assert C._counts_in_context(tok)  # MiniLM: WordPiece with BERT's normaliser and pre-tokenizer
     odd = LoadedDocument(text=("Cafe\u0301 na\u00efve \u4e2d\u6587\u5b57 x\x1cy tab\there r\u00e9sum\u00e9 "

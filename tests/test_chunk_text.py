@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from ingest.chunk import chunk
-from rag.chunk_text import embedding_text, header_parts, lexical_text, window_lexical_text, window_text
-from rag.db import repo
-from rag.db.models import Chunk
-from rag.types import LoadedDocument
+from ctxqa.ingest.chunk import chunk
+from ctxqa.rag.index.chunk_text import embedding_text, header_parts, lexical_text, window_lexical_text, window_text
+from ctxqa.rag.db import repo
+from ctxqa.rag.db.models import Chunk
+from ctxqa.rag.types import LoadedDocument
 
 TEXT = " ".join(f"Sentence {i} talks about topic {i % 7} and the widget number {i}." for i in range(120))
 
@@ -67,8 +67,8 @@ def test_embedding_text_fits_the_window_and_never_cuts_the_chunk(embedder) -> No
 
 def _lex_text(ctx, chunk_id: int) -> str:  # type: ignore[no-untyped-def]
     """The chunk's lexical text as the database has it now; the index holds exactly its terms."""
-    from rag.lexical import Tokenizer
-    from rag.store import _documents_texts, _lexical_rows
+    from ctxqa.rag.index.lexical import Tokenizer
+    from ctxqa.rag.index.store import _documents_texts, _lexical_rows
 
     with ctx.db.session() as s:
         doc_id = s.get(Chunk, chunk_id).document_id

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from rag.citations import Parsed, infer, parse, resolve, says_unknown, verify
-from rag.prompt import build_blocks
-from rag.types import Block, Citation, Hit
+from ctxqa.rag.citations import Parsed, infer, parse, resolve, says_unknown, verify
+from ctxqa.rag.prompt import build_blocks
+from ctxqa.rag.types import Block, Citation, Hit
 
 # ---------------------------------------------------------------------------------------------------------------
 # Parser table: (id, model output, expected answer, expected groups, no_source, style)

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run(args: list[str], data_dir: Path, *, timeout: int = 300, **env: str) -> subprocess.CompletedProcess[str]:
     e = {**os.environ, "CTXQA_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", **env}
-    return subprocess.run([sys.executable, "-m", "rag.cli", *args], cwd=REPO, env=e, text=True,
+    return subprocess.run([sys.executable, "-m", "ctxqa", *args], cwd=REPO, env=e, text=True,
                           capture_output=True, timeout=timeout)
 
 
@@ -86,7 +86,7 @@ def test_kill_9_mid_ingest_then_doctor(shared_data: Path, tmp_path: Path) -> Non
     data = tmp_path / "data"
     src = shared_data / "corpora" / "fastapi-docs"
     env = {**os.environ, "CTXQA_DATA_DIR": str(data), "HF_HUB_OFFLINE": "1", "CTXQA_EMBEDDING_BATCH_SIZE": "16"}
-    p = subprocess.Popen([sys.executable, "-m", "rag.cli", "ingest", str(src), "-q"], cwd=REPO, env=env,
+    p = subprocess.Popen([sys.executable, "-m", "ctxqa", "ingest", str(src), "-q"], cwd=REPO, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     db = data / "ctxqa.db"
     deadline = time.time() + 900  # generous: a loaded 2-core machine ingests slowly

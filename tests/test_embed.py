@@ -19,9 +19,9 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from rag import onnx_embed  # noqa: E402
-from rag.config import Settings  # noqa: E402
-from rag.embed import Embedder  # noqa: E402
+from ctxqa.rag.embed import onnx_runtime as onnx_embed  # noqa: E402
+from ctxqa.rag.config import Settings  # noqa: E402
+from ctxqa.rag.embed.embedder import Embedder  # noqa: E402
 
 TEXTS = [
     "FastAPI is a modern, fast (high-performance), web framework for building APIs with Python based on standard "
@@ -79,8 +79,8 @@ def real_texts() -> list[str]:
     root = shared / "data" / "corpora"
     if not root.is_dir():
         return list(TEXTS)
-    from ingest.chunk import chunk
-    from ingest.loaders import load
+    from ctxqa.ingest.chunk import chunk
+    from ctxqa.ingest.loaders import load
 
     tok = Embedder().new_tokenizer()
     files = sorted(root.rglob("*.md"))[:6] + sorted(root.rglob("*.pdf"))[:1]
@@ -134,7 +134,7 @@ def test_int8_small_calls_run_at_full_precision(embedder: Embedder, onnx_fp32: E
 def test_openvino_close_to_torch(embedder: Embedder, openvino: Embedder, real_texts: list[str]) -> None:
     """bf16 (where the CPU has it) keeps ~3 significant digits per activation: vectors stay far closer to fp32
     than int8's; f32 elsewhere is exact to rounding."""
-    from rag.openvino_embed import bf16_capable
+    from ctxqa.rag.embed.openvino_runtime import bf16_capable
 
     ref = embedder.encode(real_texts)
     cos = _cos(openvino.encode(real_texts), ref)
@@ -191,7 +191,7 @@ def test_openvino_bulk_runs_a_batch_per_stream(embedder: Embedder, openvino: Emb
 
 def test_batch_token_budget_defaults_by_runtime(onnx_cache: Path, openvino: Embedder, onnx_int8: Embedder) -> None:
     """OpenVINO's streams take small batches (2k padded tokens), ONNX Runtime big ones (8k); a setting wins."""
-    from rag.embed import DEFAULT_BATCH_TOKENS
+    from ctxqa.rag.embed.embedder import DEFAULT_BATCH_TOKENS
 
     assert Embedder(backend="openvino", cache_dir=onnx_cache).batch_tokens == DEFAULT_BATCH_TOKENS["openvino"] == 2048
     assert Embedder(backend="onnx-int8", cache_dir=onnx_cache).batch_tokens == 8192
@@ -201,7 +201,7 @@ def test_batch_token_budget_defaults_by_runtime(onnx_cache: Path, openvino: Embe
 def test_openvino_verdict_is_memoised(onnx_cache: Path, openvino: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
     import json
 
-    from rag import openvino_embed
+    from ctxqa.rag.embed import openvino_runtime as openvino_embed
 
     memo = json.loads(next(onnx_cache.glob("onnx/*/openvino-verified.json")).read_text())
     assert [k for k in memo if k.endswith(f"|{openvino._onnx.precision}")]
@@ -223,14 +223,14 @@ def test_a_bad_openvino_graph_falls_back_to_onnx_int8(tmp_path: Path, onnx_cache
     embedder warns and runs ONNX Runtime int8, and nothing is memoised as verified."""
     import shutil
 
-    from rag import openvino_embed
+    from ctxqa.rag.embed import openvino_runtime as openvino_embed
 
     cache = tmp_path / "cache"
     shutil.copytree(onnx_cache, cache)
     for memo in cache.glob("onnx/*/openvino-verified.json"):
         memo.unlink()
     monkeypatch.setitem(openvino_embed.MIN_COSINE, openvino._onnx.precision, 1.5)
-    with caplog.at_level(logging.WARNING, logger="rag.embed"):
+    with caplog.at_level(logging.WARNING, logger="ctxqa.rag.embed.embedder"):
         e = Embedder(backend="openvino", cache_dir=cache)
     assert e.backend == "onnx-int8" and e.requested_backend == "openvino"
     assert "does not reproduce the fp32 vectors" in caplog.text
@@ -278,7 +278,7 @@ def test_openvino_int8_model_is_cached_and_reused(onnx_cache: Path, openvino_int
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     import nncf
 
-    from rag import openvino_embed
+    from ctxqa.rag.embed import openvino_runtime as openvino_embed
 
     quantised = list(onnx_cache.glob("onnx/*/openvino-int8-*/model.xml"))
     assert len(quantised) == 1 and quantised[0].with_suffix(".bin").is_file()
@@ -305,7 +305,7 @@ def test_openvino_int8_bad_quantisation_is_refused_and_quiet(tmp_path: Path, onn
     (no later process picks it up), and the embedder runs ONNX Runtime int8."""
     import shutil
 
-    from rag import openvino_embed
+    from ctxqa.rag.embed import openvino_runtime as openvino_embed
 
     cache = tmp_path / "cache"
     shutil.copytree(onnx_cache, cache)
@@ -315,7 +315,7 @@ def test_openvino_int8_bad_quantisation_is_refused_and_quiet(tmp_path: Path, onn
         memo.unlink()
     monkeypatch.setitem(openvino_embed.MIN_COSINE, "int8", 1.5)
     capfd.readouterr()
-    with caplog.at_level(logging.WARNING, logger="rag.embed"):
+    with caplog.at_level(logging.WARNING, logger="ctxqa.rag.embed.embedder"):
         e = Embedder(backend="openvino-int8", cache_dir=cache)
     assert capfd.readouterr().out == ""
     assert e.backend == "onnx-int8" and e.requested_backend == "openvino-int8"
@@ -335,7 +335,7 @@ def test_calibration_texts_are_shipped_and_varied() -> None:
     import json
     from importlib import resources
 
-    from rag.openvino_embed import CALIBRATION_FILE, calibration_texts
+    from ctxqa.rag.embed.openvino_runtime import CALIBRATION_FILE, calibration_texts
 
     texts = calibration_texts()
     assert len(texts) >= 150 and all(t.strip() for t in texts)
@@ -347,7 +347,7 @@ def test_calibration_texts_are_shipped_and_varied() -> None:
 
 def test_auto_picks_by_cpu(onnx_cache: Path, openvino: Embedder, openvino_int8: Embedder) -> None:
     """bf16 where AMX makes it as fast as int8; int8 elsewhere (bench/embed.py figures in rag/embed.py)."""
-    from rag.openvino_embed import amx_capable, bf16_capable
+    from ctxqa.rag.embed.openvino_runtime import amx_capable, bf16_capable
 
     e = Embedder(backend="auto", cache_dir=onnx_cache)
     assert e.requested_backend == "auto"
@@ -409,8 +409,8 @@ def test_long_text_is_counted_not_silently_truncated(embedder: Embedder, onnx_in
     assert onnx_int8.count_tokens(long) == n  # ...but the shared tokenizer still reports the full length
     assert len(onnx_int8.tokenizer(long)["input_ids"]) == n
     # The pipeline's chunker, given this embedder, never produces a chunk beyond the window.
-    from ingest.chunk import chunk
-    from rag.types import LoadedDocument
+    from ctxqa.ingest.chunk import chunk
+    from ctxqa.rag.types import LoadedDocument
 
     specs = chunk(LoadedDocument(text=long, media_type="text/plain"), onnx_int8.tokenizer, 254, 32,
                   max_tokens=onnx_int8.max_tokens)
@@ -450,7 +450,7 @@ def test_a_bad_export_is_refused_and_not_cached(tmp_path: Path, monkeypatch: pyt
     """The probe check compares the exported graph with torch; an export that does not reproduce the vectors is
     never published, and the embedder falls back to torch (same vectors, slower)."""
     monkeypatch.setitem(onnx_embed.MIN_COSINE, "fp32", 1.5)  # no graph can pass: simulates a broken export
-    with caplog.at_level(logging.WARNING, logger="rag.embed"):
+    with caplog.at_level(logging.WARNING, logger="ctxqa.rag.embed.embedder"):
         e = Embedder(backend="onnx", cache_dir=tmp_path)
     assert e.backend == "torch" and e.requested_backend == "onnx"
     assert "does not reproduce the torch vectors" in caplog.text
@@ -468,7 +468,7 @@ def test_unsupported_model_falls_back_to_torch(tmp_path: Path, embedder: Embedde
     cfg = json.loads((model / "1_Pooling" / "config.json").read_text())
     cfg.update(pooling_mode_mean_tokens=False, pooling_mode_max_tokens=True)
     (model / "1_Pooling" / "config.json").write_text(json.dumps(cfg))
-    with caplog.at_level(logging.WARNING, logger="rag.embed"):
+    with caplog.at_level(logging.WARNING, logger="ctxqa.rag.embed.embedder"):
         e = Embedder(str(model), backend="onnx-int8", cache_dir=tmp_path / "cache")
     assert e.backend == "torch"
     assert "not supported by the ONNX backend" in caplog.text

@@ -22,8 +22,8 @@ from types import ModuleType
 import pytest
 import torch
 
-from rag.config import Settings
-from rag.generate import Completion, ContextOverflowError, GeneratorError, GenParams, backend_status, load_generator
+from ctxqa.rag.config import Settings
+from ctxqa.rag.generate import Completion, ContextOverflowError, GeneratorError, GenParams, backend_status, load_generator
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_gptq_llama.py"
 HAVE_CUDA = torch.cuda.is_available()
@@ -59,7 +59,7 @@ def _no_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_without_cuda_the_backend_refuses_with_a_clear_message(tmp_path: Path) -> None:
     model_dir = tmp_path / "gptq"
     _load_script().build_checkpoint(model_dir, hidden=256, layers=1)
-    from rag.generate.exllamav2 import ExLlamaV2Generator
+    from ctxqa.rag.generate.exllamav2 import ExLlamaV2Generator
 
     with pytest.raises(GeneratorError) as info:
         ExLlamaV2Generator(model_dir)
@@ -92,7 +92,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def exl(model_dir: Path) -> Iterator:
-    from rag.generate.exllamav2 import ExLlamaV2Generator
+    from ctxqa.rag.generate.exllamav2 import ExLlamaV2Generator
 
     g = ExLlamaV2Generator(model_dir, context_length=1024, max_batch_size=4)
     yield g
@@ -165,7 +165,7 @@ def _with_eos(src: Path, dst: Path, eos: int) -> Path:
 
 @gpu
 def test_eos_token_stops_generation(exl, model_dir: Path, tmp_path: Path) -> None:
-    from rag.generate.exllamav2 import ExLlamaV2Generator
+    from ctxqa.rag.generate.exllamav2 import ExLlamaV2Generator
 
     req = exl.submit(PROMPT, GenParams(max_new_tokens=40))
     while req.out.get(timeout=60)[0] not in ("done", "error", "cancelled"):
@@ -243,7 +243,7 @@ def test_context_overflow_is_checked_before_enqueue(exl) -> None:
 
 @gpu
 def test_linear_rope_scale_and_quantized_cache_load(model_dir: Path) -> None:
-    from rag.generate.exllamav2 import ExLlamaV2Generator
+    from ctxqa.rag.generate.exllamav2 import ExLlamaV2Generator
 
     with ExLlamaV2Generator(model_dir, context_length=4096, rope_scale=2.0, cache="q4", max_batch_size=2) as g:
         assert g.context_length == 4096 and g._model.config.scale_pos_emb == 2.0
@@ -405,7 +405,7 @@ class FakeDynamicGenerator:
 
 @pytest.fixture()
 def fake() -> Iterator:
-    from rag.generate.exllamav2 import ExLlamaV2Generator
+    from ctxqa.rag.generate.exllamav2 import ExLlamaV2Generator
 
     g = object.__new__(ExLlamaV2Generator)  # skip model loading; everything after it is real
     g.name, g._Job, g._Sampler = "fake", FakeJob, FakeSampler

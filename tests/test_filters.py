@@ -7,10 +7,10 @@ from datetime import date, datetime, timezone
 import pytest
 from pydantic import ValidationError
 
-from rag.db import repo
-from rag.db.models import Chunk, Document
-from rag.db.session import Database
-from rag.filters import Filters, allowed_chunk_ids, allowed_document_ids, document_date, value_matches
+from ctxqa.rag.db import repo
+from ctxqa.rag.db.models import Chunk, Document
+from ctxqa.rag.db.session import Database
+from ctxqa.rag.retrieve.filters import Filters, allowed_chunk_ids, allowed_document_ids, document_date, value_matches
 
 
 def test_validation_and_coercion() -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rag.config import Settings
-from rag.generate import (
+from ctxqa.rag.config import Settings
+from ctxqa.rag.generate import (
     Completion,
     ContextOverflowError,
     GeneratorError,
@@ -48,7 +48,7 @@ def _no_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def gen() -> Iterator:
     if not HAVE_LLAMA_CPP:
         pytest.skip("llama_cpp not importable: pip install 'ctxqa[gguf]'")
-    from rag.generate.llama_cpp import LlamaCppGenerator
+    from ctxqa.rag.generate.llama_cpp import LlamaCppGenerator
 
     try:
         path = resolve_model_path("bundled:smollm2")
@@ -305,7 +305,7 @@ def test_backend_status_rows() -> None:
 def test_model_params_adjusted_only_while_constructing() -> None:
     """The extra-buffer switch reaches llama.cpp's model parameters during construction and nothing else."""
     llama_cpp = pytest.importorskip("llama_cpp")
-    from rag.generate.llama_cpp import _model_params
+    from ctxqa.rag.generate.llama_cpp import _model_params
 
     module = llama_cpp.llama.llama_cpp
     before = module.llama_model_default_params

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rag.index import IndexParams, VectorIndex, choose_index_type
+from ctxqa.rag.index.vector import IndexParams, VectorIndex, choose_index_type
 
 
 def _data(n: int = 3000, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +73,7 @@ def test_hnsw_tombstones_compact() -> None:
 
 
 def test_choose_index_type_and_ivf_retrain() -> None:
-    from rag.index import ivf_needs_retrain
+    from ctxqa.rag.index.vector import ivf_needs_retrain
 
     assert choose_index_type("auto", 10_000, 200_000) == "flat"
     assert choose_index_type("auto", 500_000, 200_000) == "ivf"

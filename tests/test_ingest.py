@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from ingest.loaders import load
-from rag.db import repo
-from rag.db.models import Chunk, Collection, Document
-from rag.embed import Embedder
+from ctxqa.ingest.loaders import load
+from ctxqa.rag.db import repo
+from ctxqa.rag.db.models import Chunk, Collection, Document
+from ctxqa.rag.embed.embedder import Embedder
 
 DOCS = {
     "guide/install.md": "---\ntitle: Installing Widgets\ndate: 2024-03-01\nurl: https://example.org/install\n"
@@ -192,8 +192,8 @@ def test_new_files_are_embedded_while_the_next_one_extracts(tmp_path: Path, make
     each chunk exactly once, the vectors those of a plain encode, the index in step with the database."""
     import threading
 
-    from ingest import pipeline
-    from rag.chunk_text import embedding_text
+    from ctxqa.ingest import pipeline
+    from ctxqa.rag.index.chunk_text import embedding_text
 
     def text(tag: str) -> str:
         return "\n\n".join(f"Section {i} of the {tag} handbook. " + " ".join(
@@ -315,8 +315,8 @@ def test_extraction_runs_ahead_by_chunks(tmp_path: Path, make_ctx, monkeypatch: 
     prepared while the consumer is busy with the first, and a tight bound keeps it near the consumer."""
     import threading
 
-    from ingest.discover import discover
-    from ingest.loaders import SUPPORTED_SUFFIXES
+    from ctxqa.ingest.discover import discover
+    from ctxqa.ingest.loaders import SUPPORTED_SUFFIXES
 
     root = write_tree(tmp_path / "docs", {f"n{i:02}.txt": f"Note {i}: the green team met on day {i}."
                                           for i in range(20)})
@@ -357,8 +357,8 @@ def test_chunk_rows_get_their_own_vectors_and_ids(tmp_path: Path, make_ctx, requ
     """Chunks are inserted many rows per statement (INSERT ... RETURNING) or, on a database without RETURNING on
     multi-row inserts (SQLite < 3.35), row by row: either way every row holds its own text's vector and the
     index holds exactly the rows' ids."""
-    from ingest import pipeline
-    from rag.chunk_text import embedding_text
+    from ctxqa.ingest import pipeline
+    from ctxqa.rag.index.chunk_text import embedding_text
 
     db_url = f"sqlite:///{tmp_path / 'ctxqa.db'}" if db == "sqlite" else request.getfixturevalue("pg_url")
     ctx = make_ctx(database_url=db_url)

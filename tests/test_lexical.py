@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rag.lexical import LexicalIndex, Tokenizer
-from rag.types import LoadedDocument
+from ctxqa.rag.index.lexical import LexicalIndex, Tokenizer
+from ctxqa.rag.types import LoadedDocument
 
 DOCS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -126,7 +126,7 @@ def test_save_load_roundtrip_and_stale_detection(tmp_path) -> None:  # type: ign
 
 
 def test_lexical_text_adds_title_and_headings_once() -> None:
-    from rag.chunk_text import lexical_text
+    from ctxqa.rag.index.chunk_text import lexical_text
 
     assert lexical_text("body text", "Guide", ["Install", "Linux"]) == "Guide\nInstall\nLinux\nbody text"
     assert lexical_text("Guide\n\nbody", "Guide", []) == "Guide\n\nbody"  # first chunk already starts with it
@@ -147,14 +147,14 @@ def test_search_scores_returns_scores_of_requested_ids() -> None:
 # -- window_terms: the document tokenized once, each window a slice of its terms ---------------------------------
 
 def _check_window_terms(tok: Tokenizer, chunks, title, heads, *, fast: bool) -> None:  # type: ignore[no-untyped-def]
-    from rag.chunk_text import lexical_text, window_lexical_text
+    from ctxqa.rag.index.chunk_text import lexical_text, window_lexical_text
 
     for window in (0, 1, 2):
         got = tok.window_terms(chunks, window, title, heads)
         want = [tok(window_lexical_text(t, chunks[max(0, j - window):j + window + 1], title, heads[j]) if window
                     else lexical_text(t, title, heads[j])) for j, (t, _a, _b) in enumerate(chunks)]
         assert got == want, f"window {window}"
-    from rag.lexical import _stitch
+    from ctxqa.rag.index.lexical import _stitch
 
     assert (_stitch(chunks) is not None) is fast  # whether the one-pass path could be taken
 
@@ -195,9 +195,9 @@ def test_window_terms_equal_tokenizing_each_window_on_real_documents(shared_data
     import json
     import random
 
-    from ingest.chunk import chunk
-    from ingest.loaders import load
-    from rag.chunk_text import lexical_texts
+    from ctxqa.ingest.chunk import chunk
+    from ctxqa.ingest.loaders import load
+    from ctxqa.rag.index.chunk_text import lexical_texts
 
     tok = Tokenizer()
     files = sorted((shared_data / "corpora" / "fastapi-docs").rglob("*.md"))
@@ -215,7 +215,7 @@ def test_window_terms_equal_tokenizing_each_window_on_real_documents(shared_data
         for window in (0, 2):
             got = tok.window_terms(chunks, window, doc.title, heads)
             assert got == [tok(t) for t in lexical_texts(chunks, window, doc.title, heads)]
-        from rag.lexical import _stitch
+        from ctxqa.rag.index.lexical import _stitch
 
         fast += _stitch(chunks) is not None
     assert fast == len(docs)  # the chunker's output always takes the one-pass path

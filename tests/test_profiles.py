@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from rag.profiles import PROFILE_NAMES, PROFILES, Profile, get_profile, profile_for_model, render
+from ctxqa.rag.profiles import PROFILE_NAMES, PROFILES, Profile, get_profile, profile_for_model, render
 
 A14 = (
     "A chat between a curious user and an assistant. The assistant gives helpful, detailed, accurate, "

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from rag.profiles import get_profile, render
-from rag.prompt import (
+from ctxqa.rag.profiles import get_profile, render
+from ctxqa.rag.prompt import (
     block_context,
     build_blocks,
     build_instruction,
@@ -19,7 +19,7 @@ from rag.prompt import (
     render_block,
     render_blocks,
 )
-from rag.types import Block, Blocks, Hit
+from ctxqa.rag.types import Block, Blocks, Hit
 
 MARKERS = ("BEGININPUT", "ENDINPUT", "BEGINCONTEXT", "ENDCONTEXT", "BEGININSTRUCTION", "ENDINSTRUCTION")
 

@@ -15,10 +15,10 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from rag.db import repo
-from rag.db.models import Chunk, Collection, Document
-from rag.filters import Filters
-from rag.retrieve import DEFAULT_ABSTAIN_THRESHOLD, Retriever, mmr_select
+from ctxqa.rag.db import repo
+from ctxqa.rag.db.models import Chunk, Collection, Document
+from ctxqa.rag.retrieve.filters import Filters
+from ctxqa.rag.retrieve.retriever import DEFAULT_ABSTAIN_THRESHOLD, Retriever, mmr_select
 
 COLL = "t"
 
@@ -211,7 +211,7 @@ def test_deletes_and_updates_reach_both_indexes(ctx) -> None:  # type: ignore[no
     ctx.store.save(coll)
     assert ctx.store.check(coll).ok and ctx.store.check_lexical(coll).ok
     # A second process (fresh store) sees the same state from the saved files.
-    from rag.store import IndexStore
+    from ctxqa.rag.index.store import IndexStore
 
     fresh = IndexStore(ctx.settings, ctx.db)
     lex = fresh.get_lexical(coll)
@@ -227,7 +227,7 @@ def test_crash_between_commit_and_index_write_is_repaired(ctx) -> None:  # type:
     removed = delete_documents(ctx, [doc_id], apply=False)  # committed, indexes never told
     coll = coll_of(ctx)
     assert not ctx.store.check_lexical(coll).ok  # doctor sees it
-    from rag.store import IndexStore
+    from ctxqa.rag.index.store import IndexStore
 
     store = IndexStore(ctx.settings, ctx.db)  # a new process: stale files are rebuilt on use
     r = Retriever(ctx.settings, ctx.db, store, ctx.embedder)
@@ -298,7 +298,7 @@ def test_neighbour_expansion(make_ctx) -> None:  # type: ignore[no-untyped-def]
     out4 = r.expand_neighbours(two, window=1)
     assert len({h.chunk_id for h in out4}) == len(out4)
     # The prompt builder merges the expanded run into one block.
-    from rag.prompt import build_blocks
+    from ctxqa.rag.prompt import build_blocks
 
     blocks = build_blocks(out, 10_000, lambda t: len(t.split()))
     assert len(blocks.blocks) == 1 and "He lights the lamp" in blocks.blocks[0].text
@@ -322,7 +322,7 @@ def test_abstention_threshold(ctx) -> None:  # type: ignore[no-untyped-def]
 
 def test_unanswerable_question_gets_no_sources(ctx) -> None:  # type: ignore[no-untyped-def]
     """Through the answer pipeline: below the threshold no hit reaches the prompt and `ask` abstains."""
-    answer = pytest.importorskip("rag.answer")
+    answer = pytest.importorskip("ctxqa.rag.answer")
 
     class FakeGen:
         name = "fake"
@@ -359,7 +359,7 @@ def _tiny_cross_encoder(path: Path, embedder: Any) -> Path:
 
 
 def test_cross_encoder_rerank(make_ctx, embedder, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from rag.rerank import Reranker, RerankerError
+    from ctxqa.rag.retrieve.rerank import Reranker, RerankerError
 
     model_dir = _tiny_cross_encoder(tmp_path / "ce", embedder)
     c = make_ctx(cross_encoder_model=str(model_dir), rerank_depth=10)
@@ -378,7 +378,7 @@ def test_cross_encoder_rerank(make_ctx, embedder, tmp_path) -> None:  # type: ig
 
 
 def test_fusion_functions() -> None:
-    from rag.retrieve import Candidates, fuse_rrf, fuse_weighted, rank_fused
+    from ctxqa.rag.retrieve.retriever import Candidates, fuse_rrf, fuse_weighted, rank_fused
 
     dense = Candidates(np.array([1, 2, 3]), np.array([0.9, 0.8, 0.1]))
     lex = Candidates(np.array([3, 4]), np.array([12.0, 3.0]))
@@ -404,11 +404,10 @@ def test_lexical_index_sees_title_and_headings(make_ctx) -> None:  # type: ignor
 
 
 def test_auto_index_switches_to_ivf_when_the_collection_grows(make_ctx, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import rag.index
-    import rag.store
+    from ctxqa.rag.index import store, vector
 
-    monkeypatch.setattr(rag.index, "IVF_MIN_VECTORS", 4)
-    monkeypatch.setattr(rag.store, "IVF_MIN_VECTORS", 4)
+    monkeypatch.setattr(vector, "IVF_MIN_VECTORS", 4)
+    monkeypatch.setattr(store, "IVF_MIN_VECTORS", 4)
     c = make_ctx(index_type="auto", index_auto_threshold=6)
     add_documents(c, [{"source": f"{i}.txt", "chunks": [f"Note number {i} about topic {i % 3}."]} for i in range(4)])
     coll = coll_of(c)

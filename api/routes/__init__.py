@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.routes import answers, ask, chat, collections, documents, health, search
+from ctxqa.api.routes import answers, ask, chat, collections, documents, health, search
 
 __all__ = ["all_routers"]
 

@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter
 from fastapi import Path as PathParam
 
-from api.deps import ApiError, JSONRoute, PrincipalDep, StateDep
-from api.routes.ask import ERRORS
-from api.schemas import AnswerLogOut
-from rag.db.models import AnswerLog
+from ctxqa.api.deps import ApiError, JSONRoute, PrincipalDep, StateDep
+from ctxqa.api.routes.ask import ERRORS
+from ctxqa.api.schemas import AnswerLogOut
+from ctxqa.rag.db.models import AnswerLog
 
 router = APIRouter(tags=["answers"], route_class=JSONRoute)
 
@@ -20,7 +20,7 @@ router = APIRouter(tags=["answers"], route_class=JSONRoute)
 def get_answer(state: StateDep, principal: PrincipalDep,
                answer_id: Annotated[int, PathParam(ge=1, le=2**31 - 1)]) -> AnswerLogOut:
     """An answer as it was given. Keys see answers about the collections they may use."""
-    with state.ctx.db.session() as s:
+    with state.services.db.session() as s:
         row = s.get(AnswerLog, answer_id)
         if row is None or (row.collection is not None and not principal.allows(row.collection)):
             raise ApiError(404, "not_found", f"no answer with id {answer_id}")

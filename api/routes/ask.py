@@ -29,7 +29,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
-from api.deps import (
+from ctxqa.api.deps import (
     ApiError,
     AppState,
     JSONRoute,
@@ -42,9 +42,9 @@ from api.deps import (
     library_error,
     resolve_collection,
 )
-from api.keys import Principal
-from api.queue import Job
-from api.schemas import (
+from ctxqa.api.keys import Principal
+from ctxqa.api.queue import Job
+from ctxqa.api.schemas import (
     MAX_QUESTIONS,
     AskRequest,
     AskResponse,
@@ -54,10 +54,10 @@ from api.schemas import (
     HitOut,
     SourcesEvent,
 )
-from rag.answer import AnswerEvent, AskOptions
-from rag.db.models import AnswerLog
-from rag.filters import Filters
-from rag.types import Answer
+from ctxqa.rag.answer import AnswerEvent, AskOptions
+from ctxqa.rag.db.models import AnswerLog
+from ctxqa.rag.retrieve.filters import Filters
+from ctxqa.rag.types import Answer
 
 log = logging.getLogger("ctxqa.api")
 router = APIRouter(tags=["ask"], route_class=JSONRoute)
@@ -98,7 +98,7 @@ def build_options(state: AppState, principal: Principal, questions: list[str], *
 def submit(state: AppState, questions: list[str], opts: AskOptions) -> Job:
     if state.queue is None:
         raise ApiError(503, "model_unavailable", "the generation queue is not running", headers={"Retry-After": "5"})
-    answerer = state.ctx.answerer
+    answerer = state.services.answerer
     try:
         return state.queue.submit(lambda cancel: answerer.stream(questions, opts, cancel), label=questions[0][:80])
     except Exception as exc:  # QueueFull, QueueClosed
@@ -130,7 +130,7 @@ async def cancel_on_disconnect(request: Request, state: AppState, job: Job,
 def _save_log(state: AppState, answer: Answer, collection: str, principal: Principal) -> int | None:
     cits = [CitationOut.from_citation(c).model_dump(mode="json") for c in answer.citations]
     try:
-        with state.ctx.db.session() as s:
+        with state.services.db.session() as s:
             row = AnswerLog(collection=collection, question=answer.question, answer=answer.answer, citations=cits,
                             model=answer.model[:500], timings={k: round(float(v), 6) for k, v in answer.timings.items()},
                             usage={"prompt_tokens": answer.usage.prompt_tokens,

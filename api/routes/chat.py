@@ -20,8 +20,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from api.deps import ApiError, JSONRoute, PrincipalDep, StateDep, bad_input, library_error
-from api.routes.ask import (
+from ctxqa.api.deps import ApiError, JSONRoute, PrincipalDep, StateDep, bad_input, library_error
+from ctxqa.api.routes.ask import (
     ERRORS,
     EventStreamResponse,
     build_options,
@@ -32,7 +32,7 @@ from api.routes.ask import (
     sse,
     submit,
 )
-from api.schemas import (
+from ctxqa.api.schemas import (
     AskResponse,
     ChatChoice,
     ChatRequest,
@@ -41,7 +41,7 @@ from api.schemas import (
     CitationOut,
     UsageOut,
 )
-from rag.types import Answer, Citation
+from ctxqa.rag.types import Answer, Citation
 
 log = logging.getLogger("ctxqa.api")
 router = APIRouter(tags=["openai"], route_class=JSONRoute)
@@ -159,7 +159,7 @@ async def chat_completions(body: ChatRequest, request: Request, state: StateDep,
                            total_tokens=answer.usage.prompt_tokens + answer.usage.completion_tokens),
             citations=[CitationOut.from_citation(c) for c in answer.citations], answer_id=answer_id)
 
-    gen = state.ctx.__dict__.get("generator")
+    gen = state.services.__dict__.get("generator")
     model_name = f"{state.settings.llm_backend}:{gen.name}" if gen is not None else "ctxqa"
 
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:

@@ -8,10 +8,10 @@ from fastapi import APIRouter
 from fastapi import Path as PathParam
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ApiError, AppState, JSONRoute, PrincipalDep, StateDep, bad_input, resolve_collection
-from api.routes.ask import ERRORS
-from api.schemas import CollectionCreate, CollectionList, CollectionOut, Deleted
-from rag.db import repo
+from ctxqa.api.deps import ApiError, AppState, JSONRoute, PrincipalDep, StateDep, bad_input, resolve_collection
+from ctxqa.api.routes.ask import ERRORS
+from ctxqa.api.schemas import CollectionCreate, CollectionList, CollectionOut, Deleted
+from ctxqa.rag.db import repo
 
 router = APIRouter(tags=["collections"], route_class=JSONRoute)
 
@@ -24,14 +24,14 @@ def _out(c: Any, docs: int, chunks: int) -> CollectionOut:
 @router.get("/v1/collections", response_model=CollectionList, responses={401: ERRORS[401]})
 def list_collections(state: StateDep, principal: PrincipalDep) -> CollectionList:
     """Collections the key may use, with their embedding model and sizes."""
-    with state.ctx.db.session() as s:
+    with state.services.db.session() as s:
         rows = repo.list_collections(s)
         return CollectionList(collections=[_out(c, d, n) for c, d, n in rows if principal.allows(c.name)])
 
 
 def _create(state: AppState, name: str, index_type: str) -> CollectionOut:
-    emb = state.ctx.embedder
-    with state.ingest_lock, state.ctx.db.session() as s:
+    emb = state.services.embedder
+    with state.ingest_lock, state.services.db.session() as s:
         if repo.get_collection(s, name) is not None:
             raise ApiError(409, "conflict", f"collection {name!r} already exists", field="name")
         try:
@@ -52,13 +52,13 @@ async def create_collection(body: CollectionCreate, state: StateDep, principal: 
 
 def _delete(state: AppState, name: str) -> None:
     with state.ingest_lock:
-        with state.ctx.db.session() as s:
+        with state.services.db.session() as s:
             coll = repo.get_collection(s, name)
             if coll is None:
                 raise ApiError(404, "not_found", f"collection {name!r} does not exist", field="name")
             cid = coll.id
             s.delete(coll)
-        state.ctx.store.drop(cid)
+        state.services.store.drop(cid)
 
 
 @router.delete("/v1/collections/{name}", response_model=Deleted, responses={

@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from api.deps import (
+from ctxqa.api.deps import (
     ApiError,
     AppState,
     JSONRoute,
@@ -43,9 +43,9 @@ from api.deps import (
     reject_json_constant,
     resolve_collection,
 )
-from api.keys import Principal
-from api.routes.ask import ERRORS
-from api.schemas import (
+from ctxqa.api.keys import Principal
+from ctxqa.api.routes.ask import ERRORS
+from ctxqa.api.schemas import (
     ChunkOut,
     Deleted,
     DocumentDetail,
@@ -55,13 +55,13 @@ from api.schemas import (
     UploadResult,
     public_metadata,
 )
-from ingest.loaders import html as html_loader
-from ingest.loaders import markdown as md_loader
-from ingest.loaders import pdf as pdf_loader
-from ingest.loaders import sniff
-from ingest.loaders import text as text_loader
-from rag.db import repo
-from rag.db.models import Collection, Document
+from ctxqa.ingest.loaders import html as html_loader
+from ctxqa.ingest.loaders import markdown as md_loader
+from ctxqa.ingest.loaders import pdf as pdf_loader
+from ctxqa.ingest.loaders import sniff
+from ctxqa.ingest.loaders import text as text_loader
+from ctxqa.rag.db import repo
+from ctxqa.rag.db.models import Collection, Document
 
 log = logging.getLogger("ctxqa.api")
 router = APIRouter(tags=["documents"], route_class=JSONRoute)
@@ -197,7 +197,7 @@ def _ingest(state: AppState, paths: list[Path], sources: dict[Path, str], collec
             meta: dict[str, Any]) -> Any:
     lock: threading.Lock = state.ingest_lock
     with lock:  # one writer at a time: ingestion updates the collection's generation and index
-        return state.ctx.ingestor.ingest(paths, collection=collection, meta=meta, sources=sources)
+        return state.services.ingestor.ingest(paths, collection=collection, meta=meta, sources=sources)
 
 
 @router.post(
@@ -358,7 +358,7 @@ def list_documents(state: StateDep, principal: PrincipalDep,
                    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
                    limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> DocumentList:
     """List documents (paged), optionally of one collection; only collections the key may use are listed."""
-    with state.ctx.db.session() as s:
+    with state.services.db.session() as s:
         names = {c.id: c.name for c in s.scalars(select(Collection))}
         if collection is not None:
             name = resolve_collection(collection, state.settings, principal)
@@ -382,7 +382,7 @@ def get_document(state: StateDep, principal: PrincipalDep, doc_id: Annotated[int
                  include_chunks: Annotated[bool, Query(description="Also return the chunks.")] = False
                  ) -> DocumentDetail:
     """A document's metadata, page and chunk counts (and its chunks with ?include_chunks=true)."""
-    with state.ctx.db.session() as s:
+    with state.services.db.session() as s:
         found = _visible_document(s, principal, doc_id)
         if found is None:
             raise ApiError(404, "not_found", f"no document with id {doc_id}")
@@ -398,14 +398,14 @@ def get_document(state: StateDep, principal: PrincipalDep, doc_id: Annotated[int
 
 
 def _find(state: AppState, principal: Principal, doc_id: int) -> tuple[int, str] | None:
-    with state.ctx.db.session() as s:
+    with state.services.db.session() as s:
         found = _visible_document(s, principal, doc_id)
         return (found[0].id, found[1]) if found else None
 
 
 def _delete(state: AppState, coll: str, doc_id: int) -> int:
     with state.ingest_lock:
-        return int(state.ctx.ingestor.delete_documents(coll, [doc_id]))
+        return int(state.services.ingestor.delete_documents(coll, [doc_id]))
 
 
 @router.delete("/v1/documents/{doc_id}", response_model=Deleted, responses={

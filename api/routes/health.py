@@ -8,10 +8,10 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
-from api.deps import AppState, JSONRoute, PrincipalDep, StateDep
-from api.routes.ask import ERRORS
-from api.schemas import Health, Readiness
-from rag.db import repo
+from ctxqa.api.deps import AppState, JSONRoute, PrincipalDep, StateDep
+from ctxqa.api.routes.ask import ERRORS
+from ctxqa.api.schemas import Health, Readiness
+from ctxqa.rag.db import repo
 
 router = APIRouter(tags=["health"], route_class=JSONRoute)
 
@@ -26,7 +26,7 @@ def readiness(state: AppState) -> Readiness:
     checks: dict[str, bool] = {}
     detail: dict[str, str] = {}
     try:
-        with state.ctx.db.session() as s:
+        with state.services.db.session() as s:
             s.execute(text("SELECT 1"))
             colls = [c for c, _, _ in repo.list_collections(s)]
         checks["database"] = True
@@ -35,14 +35,14 @@ def readiness(state: AppState) -> Readiness:
         detail["database"] = f"{type(e).__name__}: {str(e)[:200]}"
         colls = []
     try:
-        _ = state.ctx.embedder
+        _ = state.services.embedder
         for c in colls:
-            state.ctx.store.get(c)  # cached after start-up: cheap; rebuilt here if another process wrote
+            state.services.store.get(c)  # cached after start-up: cheap; rebuilt here if another process wrote
         checks["index"] = checks["database"]
     except Exception as e:  # noqa: BLE001
         checks["index"] = False
         detail["index"] = f"{type(e).__name__}: {str(e)[:200]}"
-    loaded = "generator" in state.ctx.__dict__
+    loaded = "generator" in state.services.__dict__
     checks["model"] = loaded and state.queue is not None
     if not checks["model"]:
         detail["model"] = state.model_error or "the language model is not loaded"

@@ -7,7 +7,7 @@ import logging
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import (
+from ctxqa.api.deps import (
     JSONRoute,
     PrincipalDep,
     StateDep,
@@ -16,8 +16,8 @@ from api.deps import (
     library_error,
     resolve_collection,
 )
-from api.routes.ask import ERRORS
-from api.schemas import HitOut, SearchRequest, SearchResponse
+from ctxqa.api.routes.ask import ERRORS
+from ctxqa.api.schemas import HitOut, SearchRequest, SearchResponse
 
 log = logging.getLogger("ctxqa.api")
 router = APIRouter(tags=["search"], route_class=JSONRoute)
@@ -31,7 +31,7 @@ async def search(body: SearchRequest, state: StateDep, principal: PrincipalDep) 
     check_question(body.query, settings, "query")
     check_top_k(body.top_k, settings)
     coll = resolve_collection(body.collection, settings, principal)
-    retriever = state.ctx.retriever
+    retriever = state.services.retriever
     k = body.top_k or settings.top_k
     try:
         res = await run_in_threadpool(lambda: retriever.search(body.query, collection=coll, k=k, mode=body.mode,

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rag.types import LoadedDocument
+from ctxqa.rag.types import LoadedDocument
 
-from . import html, markdown, pdf, text
-from .base import REASONS, Loader, LoadError, check_readable
+from ctxqa.ingest.loaders import html, markdown, pdf, text
+from ctxqa.ingest.loaders.base import REASONS, Loader, LoadError, check_readable
 
 __all__ = ["LOADERS", "REASONS", "SUPPORTED_SUFFIXES", "LoadError", "Loader", "load", "loader_for", "sniff"]
 
@@ -35,7 +35,7 @@ def sniff(head: bytes) -> Loader | None:
         low = low[3:]
     if any(m in low[:1024] for m in _HTML_MARKERS):
         return html.load
-    from .base import looks_binary, sniff_bom, sniff_utf16_without_bom
+    from ctxqa.ingest.loaders.base import looks_binary, sniff_bom, sniff_utf16_without_bom
 
     if sniff_bom(head) or sniff_utf16_without_bom(head) or not looks_binary(head):
         return text.load

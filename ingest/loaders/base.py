@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rag.types import LoadedDocument
+from ctxqa.rag.types import LoadedDocument
 
 # A loader: `loader(path, password=None) -> LoadedDocument`, raising only LoadError.
 Loader = Callable[..., LoadedDocument]

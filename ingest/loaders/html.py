@@ -13,9 +13,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from rag.types import LoadedDocument
+from ctxqa.rag.types import LoadedDocument
 
-from .base import (
+from ctxqa.ingest.loaders.base import (
     LoadError,
     clean_inline,
     decode_text,
@@ -24,7 +24,7 @@ from .base import (
     sniff_bom,
     sniff_utf16_without_bom,
 )
-from .markdown import build_sections
+from ctxqa.ingest.loaders.markdown import build_sections
 
 SUFFIXES = (".html", ".htm", ".xhtml")
 

@@ -23,10 +23,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from rag.types import LoadedDocument, Section
+from ctxqa.rag.types import LoadedDocument, Section
 
-from .base import LoadError, clean_inline, iso_date, jsonable, normalize_text, read_bytes
-from .text import decode_file
+from ctxqa.ingest.loaders.base import LoadError, clean_inline, iso_date, jsonable, normalize_text, read_bytes
+from ctxqa.ingest.loaders.text import decode_file
 
 SUFFIXES = (".md", ".markdown", ".mdown", ".mkd", ".mkdn")
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rag.types import LoadedDocument, PageSpan
+from ctxqa.rag.types import LoadedDocument, PageSpan
 
-from .base import LoadError, check_readable, clean_inline, iso_date, normalize_text
+from ctxqa.ingest.loaders.base import LoadError, check_readable, clean_inline, iso_date, normalize_text
 
 SUFFIXES = (".pdf",)
 PAGE_SEPARATOR = "\n\n"

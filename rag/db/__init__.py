@@ -3,7 +3,7 @@
 Alembic (migrations/) owns the schema; `models.py` mirrors it for the ORM.
 """
 
-from rag.db.models import ApiKey, AnswerLog, Base, Chunk, Collection, Document
-from rag.db.session import Database
+from ctxqa.rag.db.models import ApiKey, AnswerLog, Base, Chunk, Collection, Document
+from ctxqa.rag.db.session import Database
 
 __all__ = ["ApiKey", "AnswerLog", "Base", "Chunk", "Collection", "Database", "Document"]

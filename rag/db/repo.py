@@ -10,8 +10,8 @@ import numpy as np
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from rag.db.models import Chunk, Collection, Document, utcnow
-from rag.types import Hit
+from ctxqa.rag.db.models import Chunk, Collection, Document, utcnow
+from ctxqa.rag.types import Hit
 
 
 # Ids per `IN (...)` list in queries over arbitrarily many ids: well under SQLite's bound on bound parameters

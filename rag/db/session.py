@@ -14,9 +14,11 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-import migrations
-
-MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
+# Found by file path, never by import name: an application with its own `migrations/` package on sys.path must
+# not hand Alembic its scripts (it would build an empty database without a word). This file is
+# ctxqa/rag/db/session.py in a wheel and rag/db/session.py in the repository; either way the migrations are
+# two levels up.
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 
 def alembic_config(url: str) -> Config:

@@ -11,7 +11,7 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rag.generate.base import (
+from ctxqa.rag.generate.base import (
     Completion,
     ContextOverflowError,
     FinishReason,
@@ -22,7 +22,7 @@ from rag.generate.base import (
 )
 
 if TYPE_CHECKING:
-    from rag.config import Settings
+    from ctxqa.rag.config import Settings
 
 __all__ = [
     "BACKENDS",
@@ -110,7 +110,7 @@ def load_generator(
 
     backend = settings.llm_backend
     if backend == "llama_cpp":
-        from rag.generate.llama_cpp import LlamaCppGenerator
+        from ctxqa.rag.generate.llama_cpp import LlamaCppGenerator
 
         return LlamaCppGenerator(
             resolve_model_path(settings.llm_model),
@@ -123,7 +123,7 @@ def load_generator(
             extra_buffers=settings.llm_extra_buffers,
         )
     if backend == "exllamav2":
-        from rag.generate.exllamav2 import ExLlamaV2Generator
+        from ctxqa.rag.generate.exllamav2 import ExLlamaV2Generator
 
         return ExLlamaV2Generator(
             settings.llm_model,
@@ -138,7 +138,7 @@ def load_generator(
 
 def _lookup_profile(name: str) -> Any:
     try:
-        from rag.profiles import get_profile
+        from ctxqa.rag.profiles import get_profile
     except ImportError:  # profiles are optional for the backends: the model metadata has defaults
         return None
     return get_profile(name)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from rag.config import Settings
+    from ctxqa.rag.config import Settings
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -161,6 +161,9 @@ class Generator(ABC):
 
     name: str
     context_length: int
+    # How many requests this generator runs at once (the API starts that many queue workers). A backend that
+    # batches concurrent requests sets it to its batch size; one that serialises them keeps 1.
+    max_concurrency: int = 1
 
     @abstractmethod
     def _encode(self, prompt: str) -> Any:

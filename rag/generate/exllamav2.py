@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rag.generate.base import Completion, FinishReason, GeneratorError, GenParams, Generator, StopFilter
+from ctxqa.rag.generate.base import Completion, FinishReason, GeneratorError, GenParams, Generator, StopFilter
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,7 @@ class ExLlamaV2Generator(Generator):
         self._generator, self._tokenizer = generator, tokenizer
         self.context_length = context_length
         self.max_batch_size = max_batch_size
+        self.max_concurrency = max_batch_size
         self.eos_ids = eos_ids
         self._add_bos = _add_bos(tokenizer)
         self._bos_text = tokenizer.bos_token or ""
@@ -369,7 +370,7 @@ class ExLlamaV2Generator(Generator):
 
 
 def _check_model_dir(model_dir: str | Path) -> Path:
-    from rag.generate import resolve_model_path
+    from ctxqa.rag.generate import resolve_model_path
 
     path = resolve_model_path(str(model_dir))
     if not path.is_dir():

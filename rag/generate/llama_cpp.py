@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rag.generate.base import Completion, FinishReason, GeneratorError, GenParams, Generator, StopFilter
+from ctxqa.rag.generate.base import Completion, FinishReason, GeneratorError, GenParams, Generator, StopFilter
 
 log = logging.getLogger(__name__)
 

@@ -34,19 +34,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rag.config import DEFAULT_EMBEDDING_MODEL, Settings
+from ctxqa.rag.config import DEFAULT_EMBEDDING_MODEL, Settings
 
 log = logging.getLogger(__name__)
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 class EmbedderError(RuntimeError):
@@ -95,7 +91,7 @@ def auto_backend() -> str:
     try:
         import openvino  # noqa: F401
 
-        from rag.openvino_embed import amx_capable, bf16_capable
+        from ctxqa.rag.embed.openvino_runtime import amx_capable, bf16_capable
     except ImportError:  # pragma: no cover - openvino is a core dependency
         return "onnx-int8"
     return "openvino" if amx_capable() and bf16_capable() else "openvino-int8"
@@ -194,7 +190,7 @@ class Embedder:
     def _init_onnx(self, backend: str, threads: int | None, cache_dir: Path | str | None) -> None:
         from tokenizers import Tokenizer
 
-        from rag.onnx_embed import OnnxEncoder, ensure_exported
+        from ctxqa.rag.embed.onnx_runtime import OnnxEncoder, ensure_exported
 
         self.max_tokens = _max_seq_length(self.path)
         self.dim = _embedding_dim(self.path)
@@ -209,8 +205,8 @@ class Embedder:
         self._batch_tokenizer = tk
         cache = Path(cache_dir) if cache_dir else None
         if backend in ("openvino", "openvino-int8"):
-            from rag.onnx_embed import probe_texts
-            from rag.openvino_embed import calibration_texts, load_verified
+            from ctxqa.rag.embed.onnx_runtime import probe_texts
+            from ctxqa.rag.embed.openvino_runtime import calibration_texts, load_verified
 
             fp32 = ensure_exported(self.path, "fp32", cache, threads)
             probe = self._pad([e.ids for e in tk.encode_batch(probe_texts())])
@@ -245,7 +241,7 @@ class Embedder:
         return arr, mask
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Embedder":
+    def from_settings(cls, settings: Settings) -> Embedder:
         return cls(settings.embedding_model, backend=settings.embedding_backend,
                    batch_size=settings.embedding_batch_size, threads=settings.embedding_threads,
                    batch_tokens=settings.embedding_batch_tokens, cache_dir=settings.embedding_cache_dir)

@@ -41,14 +41,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from rag.config import Settings
-from rag.db import repo
-from rag.db.models import Collection
-from rag.db.session import Database
-from rag.embed import Embedder
-from rag.filters import Filters, allowed_chunk_ids
-from rag.store import IndexStore
-from rag.types import Hit
+from ctxqa.rag.config import Settings
+from ctxqa.rag.db import repo
+from ctxqa.rag.db.models import Collection
+from ctxqa.rag.db.session import Database
+from ctxqa.rag.embed.embedder import Embedder
+from ctxqa.rag.retrieve.filters import Filters, allowed_chunk_ids
+from ctxqa.rag.index.store import IndexStore
+from ctxqa.rag.types import Hit
 
 Mode = Literal["dense", "lexical", "hybrid"]
 Fusion = Literal["rrf", "weighted"]
@@ -208,7 +208,7 @@ class Retriever:
     def reranker(self) -> Any | None:
         """The cross-encoder when `cross_encoder_model` is configured (loaded on first use), else None."""
         if self._reranker is None and self.settings.cross_encoder_model:
-            from rag.rerank import Reranker
+            from ctxqa.rag.retrieve.rerank import Reranker
 
             with self._lock:
                 if self._reranker is None:
@@ -424,7 +424,7 @@ class Retriever:
 
     def _rerank(self, reranker: Any, query: str, ranked: list[tuple[int, float]],
                 evidence: dict[int, dict[str, float]]) -> list[tuple[int, float]]:
-        from rag.db.models import Chunk
+        from ctxqa.rag.db.models import Chunk
         from sqlalchemy import select
 
         ids = [cid for cid, _ in ranked]
@@ -437,7 +437,7 @@ class Retriever:
         return sorted(zip(ids, (float(x) for x in scores)), key=lambda kv: (-kv[1], kv[0]))
 
     def _documents_of(self, chunk_ids: Sequence[int]) -> dict[int, int]:
-        from rag.db.models import Chunk
+        from ctxqa.rag.db.models import Chunk
         from sqlalchemy import select
 
         if not chunk_ids:

@@ -29,8 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from rag.db.models import Chunk, Document
-from rag.db.repo import IN_BATCH
+from ctxqa.rag.db.models import Chunk, Document
+from ctxqa.rag.db.repo import IN_BATCH
 
 
 class Filters(BaseModel):

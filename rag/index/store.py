@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from rag.config import Settings
-from rag.db import repo
-from rag.db.models import Chunk, Collection, Document
-from rag.db.session import Database
-from rag.index import IVF_MIN_VECTORS, IndexParams, VectorIndex, choose_index_type, ivf_needs_retrain, meta_path_for
-from rag.chunk_text import lexical_texts
-from rag.lexical import LexicalIndex, Tokenizer
+from ctxqa.rag.config import Settings
+from ctxqa.rag.db import repo
+from ctxqa.rag.db.models import Chunk, Collection, Document
+from ctxqa.rag.db.session import Database
+from ctxqa.rag.index.vector import IVF_MIN_VECTORS, IndexParams, VectorIndex, choose_index_type, ivf_needs_retrain, meta_path_for
+from ctxqa.rag.index.chunk_text import lexical_texts
+from ctxqa.rag.index.lexical import LexicalIndex, Tokenizer
 
 
 @dataclass

@@ -8,18 +8,15 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from rag.config import Settings  # noqa: E402
-from rag.context import Context  # noqa: E402
-from rag.db import repo  # noqa: E402
+from ctxqa.api.cli import register as register_api
+from ctxqa.context import Context, apply_process_defaults
+from ctxqa.rag.config import Settings
+from ctxqa.rag.db import repo
 
 app = typer.Typer(help="ctxqa: citation-backed answers over your own documents.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -70,7 +67,7 @@ def config(json_out: JsonOpt = False) -> None:
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply pending Alembic migrations."""
-    from rag.db.session import Database
+    from ctxqa.rag.db.session import Database
 
     settings = _ctx().settings
     d = Database(settings.db_url, auto_migrate=False)
@@ -91,7 +88,7 @@ def ingest(
     json_out: JsonOpt = False,
 ) -> None:
     """Ingest files and folders (incremental: unchanged files are skipped)."""
-    from ingest.pipeline import parse_meta_args
+    from ctxqa.ingest.pipeline import parse_meta_args
 
     ctx = _ctx()
     try:
@@ -195,7 +192,7 @@ def docs_list(collection: CollectionOpt = None, limit: int = 100, offset: int = 
 @docs_app.command("show")
 def docs_show(doc_id: int, chunks: Annotated[bool, typer.Option("--chunks")] = False) -> None:
     """Show one document's metadata (and its chunks)."""
-    from rag.db.models import Document
+    from ctxqa.rag.db.models import Document
 
     ctx = _ctx()
     with ctx.db.session() as s:
@@ -282,7 +279,7 @@ def stats(json_out: JsonOpt = False) -> None:
     """Collections, documents, chunks, pages and storage sizes."""
     from sqlalchemy import func, select
 
-    from rag.db.models import Chunk, Document
+    from ctxqa.rag.db.models import Chunk, Document
 
     ctx = _ctx()
     with ctx.db.session() as s:
@@ -397,8 +394,8 @@ def ask(
     json_out: JsonOpt = False,
 ) -> None:
     """Answer a question from the documents, with sources."""
-    from rag.answer import AskOptions
-    from rag.generate.base import GeneratorError
+    from ctxqa.rag.answer import AskOptions
+    from ctxqa.rag.generate.base import GeneratorError
 
     ctx = _ctx()
     opts = AskOptions(collection=collection, k=k, mode=mode, max_new_tokens=max_new_tokens,
@@ -439,8 +436,8 @@ def ask(
 @app.command()
 def models(json_out: JsonOpt = False) -> None:
     """List prompt profiles and generation backends, and whether each can load here."""
-    from rag.generate import backend_status
-    from rag.profiles import PROFILES, profile_for_model
+    from ctxqa.rag.generate import backend_status
+    from ctxqa.rag.profiles import PROFILES, profile_for_model
 
     ctx = _ctx()
     status = backend_status(ctx.settings)
@@ -469,11 +466,12 @@ def models(json_out: JsonOpt = False) -> None:
     out.print(t)
 
 
-from api.cli import register as _register_api
-_register_api(app)
+# The API layer's commands (serve, keys) register themselves here, on top; the factory is this process's wiring.
+register_api(app, app_factory="ctxqa.server:factory")
 
 
 def main() -> None:
+    apply_process_defaults()
     try:
         app()
     except KeyboardInterrupt:

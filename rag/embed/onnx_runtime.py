@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from rag.files import atomic_write
+from ctxqa.rag.files import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from rag.files import atomic_write
+from ctxqa.rag.files import atomic_write
 
 INDEX_TYPES = ("flat", "hnsw", "ivf")
 TOMBSTONE_REBUILD_FRACTION = 0.2

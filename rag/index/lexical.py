@@ -52,9 +52,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rag.chunk_text import header_parts, lexical_texts, window_text
-from rag.files import atomic_write
-from rag.index import meta_path_for
+from ctxqa.rag.index.chunk_text import header_parts, lexical_texts, window_text
+from ctxqa.rag.files import atomic_write
+from ctxqa.rag.index.vector import meta_path_for
 
 DEAD_COMPACT_FRACTION = 0.2
 FORMAT_VERSION = 3  # 2: indexed text carries title and headings; 3: and the chunk's window

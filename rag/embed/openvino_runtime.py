@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from rag.files import atomic_write
+from ctxqa.rag.files import atomic_write
 
 # Minimum cosine to ONNX Runtime fp32 on every probe text. bf16 keeps ~8 bits of mantissa: measured >= 0.9995.
 # int8: the same bar as ONNX Runtime's int8 export (rag/onnx_embed.py); measured >= 0.993 on the probes.
@@ -256,7 +256,7 @@ def load_verified(onnx_path: Path, *, threads: int | None, precision: str | None
     verdict is memoised next to the export)."""
     import openvino as ov
 
-    from rag.onnx_embed import OnnxEncoder
+    from ctxqa.rag.embed.onnx_runtime import OnnxEncoder
 
     onnx_path = Path(onnx_path)
     model_path = onnx_path

@@ -1,0 +1,1 @@
+"""Embeddings: `Embedder` and its runtimes (ONNX Runtime, OpenVINO, torch)."""

@@ -1,0 +1,1 @@
+"""Retrieval: dense + lexical search, fusion, filters and optional cross-encoder re-ranking."""
