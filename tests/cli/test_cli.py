@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run(args: list[str], data_dir: Path, *, timeout: int = 300, **env: str) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,7 @@ from ctxqa.ingest.loaders import SUPPORTED_SUFFIXES, LoadError, load
 from ctxqa.ingest.loaders import pdf as pdf_loader
 from ctxqa.rag.types import LoadedDocument
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 DATA = Path(os.environ.get("CTXQA_SHARED", REPO.parent / "shared")).resolve() / "data"
 PDF_DIR = DATA / "pdf"
 HTML_DIR = DATA / "html" / "unstructured"

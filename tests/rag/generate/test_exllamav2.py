@@ -25,7 +25,7 @@ import torch
 from ctxqa.rag.config import Settings
 from ctxqa.rag.generate import Completion, ContextOverflowError, GeneratorError, GenParams, backend_status, load_generator
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_gptq_llama.py"
+SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "make_gptq_llama.py"
 HAVE_CUDA = torch.cuda.is_available()
 HAVE_EXLLAMAV2 = importlib.util.find_spec("exllamav2") is not None
 
@@ -269,8 +269,7 @@ def test_logits_match_a_dequantized_fp32_reference(model_dir: Path) -> None:
     cfg = json.loads((model_dir / "config.json").read_text())
     tensors = load_file(str(model_dir / "model.safetensors"))
     reference = load_file(str(model_dir / "reference.safetensors"))
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_gptq_checkpoint import dequantize
+    from tests.rag.generate.test_gptq_checkpoint import dequantize
 
     state = {}
     for key, t in tensors.items():

@@ -20,7 +20,7 @@ import torch
 safetensors_torch = pytest.importorskip("safetensors.torch", reason="pip install safetensors")
 tokenizers = pytest.importorskip("tokenizers", reason="pip install tokenizers")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_gptq_llama.py"
+SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "make_gptq_llama.py"
 PROJ = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 

@@ -75,7 +75,7 @@ def openvino_int8(onnx_cache: Path, onnx_int8: Embedder) -> Embedder:  # quantis
 @pytest.fixture(scope="session")
 def real_texts() -> list[str]:
     """Real chunks of the shared corpora (Markdown and a 10-Q PDF) when present, else the built-in texts."""
-    shared = Path(os.environ.get("CTXQA_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+    shared = Path(os.environ.get("CTXQA_SHARED", Path(__file__).resolve().parents[3].parent / "shared"))
     root = shared / "data" / "corpora"
     if not root.is_dir():
         return list(TEXTS)

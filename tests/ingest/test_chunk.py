@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("CTXQA_SHARED", REPO.parent / "shared")).resolve() / "data"
 CORPORA = DATA / "corpora"
 HTML_DIR = DATA / "html" / "unstructured"

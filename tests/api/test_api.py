@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FASTAPI_DOCS = Path(os.environ.get("CTXQA_SHARED", REPO.parent / "shared")) / "data/corpora/fastapi-docs"
 
 LIMITS = {
