@@ -11,19 +11,14 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
-from ctxqa.api.deps import ApiError
+from ctxqa.api.errors import install_error_handlers
 from ctxqa.api.metrics import Metrics, MetricsMiddleware
 from ctxqa.api.queue import GenerationQueue
 from ctxqa.api.routes import all_routers
@@ -40,65 +35,6 @@ DESCRIPTION = """Citation-backed answers over your own documents.
 Every route except `/healthz` and `/readyz` needs `Authorization: Bearer <key>` (create keys with
 `ctxqa keys create`). Errors are JSON: `{"error": {"code", "message", "field", "fields"}}`.
 """
-
-_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                 405: "method_not_allowed", 406: "not_acceptable", 409: "conflict", 413: "payload_too_large",
-                 415: "unsupported_media_type", 422: "validation_error", 429: "too_many_requests",
-                 503: "unavailable"}
-_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "list[str]", "dict[str,any]", "none"}
-
-
-def _error(status: int, code: str, message: str, *, field: str | None = None,
-           fields: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "field": field, "fields": fields or []}},
-                        status_code=status, headers=headers)
-
-
-def _loc_to_field(loc: Any) -> str:
-    parts = [str(p) for p in (loc or ())]
-    if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
-        parts = parts[1:]
-    parts = [p for p in parts if p.replace(" ", "").lower() not in _TYPE_TAGS and not p.startswith("function-")]
-    return ".".join(parts) or "body"
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message, field=exc.field, headers=exc.headers or None)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        fields = []
-        for e in exc.errors():
-            kind = str(e.get("type", ""))
-            where = "body" if kind == "json_invalid" else _loc_to_field(e.get("loc"))
-            msg = str(e.get("msg", "invalid"))
-            if kind == "json_invalid" and isinstance(e.get("ctx"), dict) and e["ctx"].get("error"):
-                msg = f"{msg}: {e['ctx']['error']}"
-            fields.append({"field": where, "message": msg, "type": kind})
-        # One entry per field (a union reports each alternative).
-        seen: set[str] = set()
-        fields = [f for f in fields if not (f["field"] in seen or seen.add(f["field"]))]  # type: ignore[func-returns-value]
-        first = fields[0]["field"] if fields else None
-        msg = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5]) or "invalid request"
-        return _error(422, "validation_error", msg, field=first, fields=fields)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
-        code = _STATUS_CODES.get(exc.status_code, "error")
-        detail = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        return _error(exc.status_code, code, detail, headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(ClientDisconnect)
-    async def client_gone(_: Request, exc: ClientDisconnect) -> Response:
-        return Response(status_code=499)
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return _error(500, "internal_error", "internal server error (details are in the server log)")
-
 
 def _limit(prop: dict[str, Any] | None, *, maximum: int | None = None, max_length: int | None = None,
            max_items: int | None = None) -> None:
@@ -219,7 +155,7 @@ def create_app(services: Services, *, load_model: bool = True, owns_services: bo
     app = FastAPI(title="ctxqa", version=f"{API_VERSION}.0", description=DESCRIPTION, lifespan=lifespan,
                   docs_url="/docs", redoc_url="/redoc", openapi_url="/openapi.json")
     app.state.ctxqa = state
-    _install_error_handlers(app)
+    install_error_handlers(app)
     for router in all_routers():
         app.include_router(router)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -78,8 +78,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture()
 def make_ctx(tmp_path: Path, embedder):  # type: ignore[no-untyped-def]
     """Build a Context on a temp data dir sharing the session's embedder (loading it once per run)."""
-    from ctxqa.rag.config import Settings
     from ctxqa.context import Context
+    from ctxqa.rag.config import Settings
 
     made = []
 

@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter
 from fastapi import Path as PathParam
 
-from ctxqa.api.deps import ApiError, JSONRoute, PrincipalDep, StateDep
-from ctxqa.api.routes.ask import ERRORS
+from ctxqa.api.deps import PrincipalDep, StateDep
+from ctxqa.api.errors import ERRORS, ApiError
+from ctxqa.api.jsonbody import JSONRoute
 from ctxqa.api.schemas import AnswerLogOut
 from ctxqa.rag.db.models import AnswerLog
 

@@ -20,18 +20,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from ctxqa.api.deps import ApiError, JSONRoute, PrincipalDep, StateDep, bad_input, library_error
-from ctxqa.api.routes.ask import (
-    ERRORS,
-    EventStreamResponse,
-    build_options,
-    collect,
-    error_payload,
-    finalize,
-    first_event,
-    sse,
-    submit,
-)
+from ctxqa.api.deps import PrincipalDep, StateDep
+from ctxqa.api.errors import ERRORS, ApiError, bad_input, library_error
+from ctxqa.api.jobs import build_options, collect, finalize, first_event, submit
+from ctxqa.api.jsonbody import JSONRoute
 from ctxqa.api.schemas import (
     AskResponse,
     ChatChoice,
@@ -41,6 +33,7 @@ from ctxqa.api.schemas import (
     CitationOut,
     UsageOut,
 )
+from ctxqa.api.sse import EventStreamResponse, error_payload, sse
 from ctxqa.rag.types import Answer, Citation
 
 log = logging.getLogger("ctxqa.api")

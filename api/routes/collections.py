@@ -8,9 +8,12 @@ from fastapi import APIRouter
 from fastapi import Path as PathParam
 from starlette.concurrency import run_in_threadpool
 
-from ctxqa.api.deps import ApiError, AppState, JSONRoute, PrincipalDep, StateDep, bad_input, resolve_collection
-from ctxqa.api.routes.ask import ERRORS
+from ctxqa.api.deps import PrincipalDep, StateDep
+from ctxqa.api.errors import ERRORS, ApiError, bad_input
+from ctxqa.api.jsonbody import JSONRoute
 from ctxqa.api.schemas import CollectionCreate, CollectionList, CollectionOut, Deleted
+from ctxqa.api.state import AppState
+from ctxqa.api.validation import resolve_collection
 from ctxqa.rag.db import repo
 
 router = APIRouter(tags=["collections"], route_class=JSONRoute)

@@ -1,6 +1,6 @@
-"""Documents: multipart upload (ingested with the CLI's pipeline), list, show, delete.
+"""Documents: upload (received by api/uploads.py, ingested with the CLI's pipeline), list, show, delete.
 
-Upload safety:
+Upload safety (api/uploads.py):
 - The body is parsed as it arrives; each file part is written straight to its own file in a fresh directory
   under `<data_dir>/uploads/` (never held in memory), and the request is refused with 413 as soon as one file
   passes `max_upload_bytes` or the request carries more than `max_files_per_upload` files.
@@ -13,38 +13,22 @@ Upload safety:
 
 from __future__ import annotations
 
-import json
 import logging
-import re
-import shutil
 import threading
 import time
-import unicodedata
-import uuid
-from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path as PathParam, Query, Request
+from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import Headers, UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 
-from ctxqa.api.deps import (
-    ApiError,
-    AppState,
-    JSONRoute,
-    PrincipalDep,
-    StateDep,
-    bad_input,
-    first_lone_surrogate,
-    library_error,
-    reject_json_constant,
-    resolve_collection,
-)
+from ctxqa.api.deps import PrincipalDep, StateDep
+from ctxqa.api.errors import ERRORS, ApiError, library_error
+from ctxqa.api.jsonbody import JSONRoute
+from ctxqa.api.uploads import receive_upload
 from ctxqa.api.keys import Principal
-from ctxqa.api.routes.ask import ERRORS
 from ctxqa.api.schemas import (
     ChunkOut,
     Deleted,
@@ -55,11 +39,8 @@ from ctxqa.api.schemas import (
     UploadResult,
     public_metadata,
 )
-from ctxqa.ingest.loaders import html as html_loader
-from ctxqa.ingest.loaders import markdown as md_loader
-from ctxqa.ingest.loaders import pdf as pdf_loader
-from ctxqa.ingest.loaders import sniff
-from ctxqa.ingest.loaders import text as text_loader
+from ctxqa.api.state import AppState
+from ctxqa.api.validation import resolve_collection
 from ctxqa.rag.db import repo
 from ctxqa.rag.db.models import Collection, Document
 
@@ -67,130 +48,7 @@ log = logging.getLogger("ctxqa.api")
 router = APIRouter(tags=["documents"], route_class=JSONRoute)
 
 MAX_ID = 2**31 - 1
-FILE_FIELDS = ("files", "file")
-MAX_FORM_FIELDS = 16
-MAX_FIELD_BYTES = 1 << 20
-SNIFF_BYTES = 8192
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# Upload helpers
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class UploadTooLarge(Exception):
-    def __init__(self, filename: str, limit: int) -> None:
-        super().__init__(filename)
-        self.filename = filename
-        self.limit = limit
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def sanitize_filename(name: str | None, fallback: str) -> str:
-    """The base name of a client-supplied file name: no directories, no control or format characters, no
-    '.'/'..', at most 255 characters. Used only as a label (the document's source), never as a path."""
-    raw = unicodedata.normalize("NFC", name or "")
-    raw = raw.replace("\\", "/").rsplit("/", 1)[-1]
-    raw = "".join(ch for ch in raw if unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Zl", "Zp"))
-    raw = _CONTROL.sub("", raw).strip().strip(".").strip()
-    if not raw:
-        return fallback
-    if len(raw) > 255:
-        stem, dot, ext = raw.rpartition(".")
-        raw = (stem[: 250 - len(ext)] + dot + ext) if dot and len(ext) <= 10 else raw[:255]
-    return raw
-
-
-TEXT_SUFFIXES = frozenset(md_loader.SUFFIXES) | frozenset(text_loader.SUFFIXES)
-MEDIA_BY_SUFFIX = {".pdf": "application/pdf", ".html": "text/html", ".md": "text/markdown", ".txt": "text/plain"}
-
-
-def sniff_kind(head: bytes, original: str) -> tuple[str, str] | None:
-    """(suffix for the file on disk, media type) from the first bytes; None for binary/unknown content."""
-    loader = sniff(head)
-    if loader is None:
-        return None
-    if loader is pdf_loader.load:
-        return ".pdf", "application/pdf"
-    if loader is html_loader.load:
-        return ".html", "text/html"
-    # Text: the name may choose the dialect (Markdown headings, CSV...), never a non-text loader.
-    suffix = Path(original).suffix.lower()
-    if suffix in md_loader.SUFFIXES:
-        return suffix, "text/markdown"
-    if suffix in TEXT_SUFFIXES:
-        return suffix, "text/plain"
-    return ".txt", "text/plain"
-
-
-class _UploadParser(MultiPartParser):
-    """Starlette's multipart parser, with each file part written straight to a file of ours and per-file
-    and per-request limits enforced while the bytes arrive."""
-
-    def __init__(self, headers: Headers, stream: AsyncGenerator[bytes, None], *, tmpdir: Path, max_bytes: int,
-                 max_files: int) -> None:
-        super().__init__(headers, stream, max_files=max_files, max_fields=MAX_FORM_FIELDS,
-                         max_part_size=MAX_FIELD_BYTES)
-        self.tmpdir = tmpdir
-        self.max_bytes = max_bytes
-        self.paths: dict[int, Path] = {}  # id(UploadFile) -> file on disk
-        self._written: dict[int, int] = {}
-
-    def on_headers_finished(self) -> None:
-        super().on_headers_finished()
-        upload = self._current_part.file
-        if upload is not None:
-            upload.file.close()  # the SpooledTemporaryFile starlette made; ours goes to disk directly
-            path = self.tmpdir / f"part-{len(self.paths)}"
-            fh = open(path, "w+b")  # noqa: SIM115 - closed after parsing (or on error by the parser)
-            upload.file = fh
-            self._files_to_close_on_error.append(fh)  # type: ignore[arg-type]
-            self.paths[id(upload)] = path
-
-    def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        upload = self._current_part.file
-        if upload is not None:
-            n = self._written.get(id(upload), 0) + (end - start)
-            if n > self.max_bytes:
-                raise UploadTooLarge(upload.filename or "(unnamed)", self.max_bytes)
-            self._written[id(upload)] = n
-        super().on_part_data(data, start, end)
-
-
-async def _limited(stream: AsyncGenerator[bytes, None], limit: int) -> AsyncGenerator[bytes, None]:
-    total = 0
-    async for chunk in stream:
-        total += len(chunk)
-        if total > limit:
-            raise ApiError(413, "payload_too_large", f"request body exceeds {limit} bytes", field="files")
-        yield chunk
-
-
-def _human(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
-
-
-def _parse_metadata(raw: str | None) -> dict[str, Any]:
-    if raw is None or not raw.strip():
-        return {}
-    try:
-        meta = json.loads(raw, parse_constant=reject_json_constant)
-        if first_lone_surrogate(meta) is not None:
-            raise ValueError("lone UTF-16 surrogate in a string")
-    except ValueError as e:
-        raise bad_input("metadata", f"must be a JSON object ({e})") from None
-    if not isinstance(meta, dict):
-        raise bad_input("metadata", "must be a JSON object such as {\"team\": \"docs\"}")
-    for k in meta:
-        if not k.strip() or k.startswith("_"):
-            raise bad_input("metadata", f"invalid key {k!r}: keys must be non-empty and not start with '_'")
-    return meta
 
 
 def _ingest(state: AppState, paths: list[Path], sources: dict[Path, str], collection: str,
@@ -217,88 +75,28 @@ def _ingest(state: AppState, paths: list[Path], sources: dict[Path, str], collec
 )
 async def upload_documents(request: Request, state: StateDep, principal: PrincipalDep) -> UploadResponse:
     """Upload and ingest files. Re-uploading a file with the same name updates that document."""
-    settings = state.settings
-    ctype = request.headers.get("content-type", "")
-    if not ctype.lower().startswith("multipart/form-data"):
-        raise ApiError(415, "unsupported_media_type", "send the files as multipart/form-data "
-                       "(curl -F files=@report.pdf)", field="files")
-    max_files = settings.max_files_per_upload
-    max_bytes = settings.max_upload_bytes
-    body_limit = max_files * (max_bytes + 16384) + MAX_FORM_FIELDS * MAX_FIELD_BYTES
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > body_limit:
-        raise ApiError(413, "payload_too_large", f"request body of {declared} bytes is larger than "
-                       f"{max_files} files x max_upload_bytes ({max_bytes})", field="files")
-
-    upload_root = settings.data_dir / "uploads"
-    tmpdir = upload_root / uuid.uuid4().hex
-    tmpdir.mkdir(parents=True, exist_ok=False)
     t0 = time.perf_counter()
-    try:
-        parser = _UploadParser(request.headers, _limited(request.stream(), body_limit), tmpdir=tmpdir,
-                               max_bytes=max_bytes, max_files=max_files)
-        try:
-            form = await parser.parse()
-        except UploadTooLarge as e:
-            raise ApiError(413, "payload_too_large", f"file {sanitize_filename(e.filename, '(unnamed)')!r} "
-                           f"exceeds the upload limit of {_human(e.limit)} (max_upload_bytes)",
-                           field="files") from None
-        except MultiPartException as e:
-            if "Too many files" in e.message:
-                raise ApiError(413, "payload_too_large", f"too many files: at most {max_files} per upload "
-                               f"(max_files_per_upload)", field="files") from None
-            raise bad_input("files", f"invalid multipart body: {e.message}") from None
-        uploads: list[UploadFile] = []
-        fields: dict[str, str] = {}
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if key not in FILE_FIELDS:
-                    raise bad_input(key, "unexpected file field; send files as 'files'")
-                uploads.append(value)
-            elif key in FILE_FIELDS:
-                raise bad_input("files", "must be file parts (curl -F files=@path), not text fields")
-            elif key in ("collection", "metadata"):
-                if key in fields:
-                    raise bad_input(key, "given more than once")
-                fields[key] = value
-            else:
-                raise bad_input(key, "unknown form field (expected files, collection, metadata)")
-        for u in uploads:
-            await u.close()
-        if not uploads:
-            raise bad_input("files", "attach at least one file")
-        coll = resolve_collection(fields.get("collection"), settings, principal)
-        meta = _parse_metadata(fields.get("metadata"))
-
+    async with receive_upload(request, state.settings, principal) as upload:
         results: list[UploadResult] = []
         to_ingest: list[Path] = []
         sources: dict[Path, str] = {}
         by_path: dict[str, int] = {}
-        for i, u in enumerate(uploads):
-            name = sanitize_filename(u.filename, f"upload-{i + 1}")
-            path = parser.paths[id(u)]
-            size = path.stat().st_size
-            with open(path, "rb") as f:
-                head = f.read(SNIFF_BYTES)
-            kind = sniff_kind(head, name)
-            if kind is None:
-                results.append(UploadResult(filename=name, status="failed", size=size,
+        for f in upload.files:
+            if f.media_type is None:
+                results.append(UploadResult(filename=f.filename, status="failed", size=f.size,
                                             reason="unsupported content: binary data that is not a PDF "
                                                    "(supported: PDF, HTML, Markdown, plain text)"))
                 continue
-            suffix, media = kind
-            final = path.with_name(f"{path.name}{suffix}").resolve()
-            path.rename(final)
-            results.append(UploadResult(filename=name, status="pending", media_type=media, size=size))
-            by_path[str(final)] = len(results) - 1
-            to_ingest.append(final)
-            sources[final] = name
-            state.metrics.ingest_bytes.inc(size)
+            results.append(UploadResult(filename=f.filename, status="pending", media_type=f.media_type, size=f.size))
+            by_path[str(f.path)] = len(results) - 1
+            to_ingest.append(f.path)
+            sources[f.path] = f.filename
+            state.metrics.ingest_bytes.inc(f.size)
 
         timings: dict[str, float] = {}
         if to_ingest:
             try:
-                report = await run_in_threadpool(_ingest, state, to_ingest, sources, coll, meta)
+                report = await run_in_threadpool(_ingest, state, to_ingest, sources, upload.collection, upload.metadata)
             except Exception as exc:
                 err = library_error(exc, "collection")
                 if err.code == "internal_error":
@@ -323,9 +121,7 @@ async def upload_documents(request: Request, state: StateDep, principal: Princip
         timings.setdefault("total", 0.0)
         timings["request"] = round(time.perf_counter() - t0, 6)
         state.metrics.ingest_seconds.observe(time.perf_counter() - t0)
-        return UploadResponse(collection=coll, results=results, summary=summary, timings=timings)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        return UploadResponse(collection=upload.collection, results=results, summary=summary, timings=timings)
 
 
 # ---------------------------------------------------------------------------------------------------------------

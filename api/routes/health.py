@@ -8,9 +8,11 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
-from ctxqa.api.deps import AppState, JSONRoute, PrincipalDep, StateDep
-from ctxqa.api.routes.ask import ERRORS
+from ctxqa.api.deps import PrincipalDep, StateDep
+from ctxqa.api.errors import ERRORS
+from ctxqa.api.jsonbody import JSONRoute
 from ctxqa.api.schemas import Health, Readiness
+from ctxqa.api.state import AppState
 from ctxqa.rag.db import repo
 
 router = APIRouter(tags=["health"], route_class=JSONRoute)

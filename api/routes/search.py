@@ -7,17 +7,11 @@ import logging
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from ctxqa.api.deps import (
-    JSONRoute,
-    PrincipalDep,
-    StateDep,
-    check_question,
-    check_top_k,
-    library_error,
-    resolve_collection,
-)
-from ctxqa.api.routes.ask import ERRORS
+from ctxqa.api.deps import PrincipalDep, StateDep
+from ctxqa.api.errors import ERRORS, library_error
+from ctxqa.api.jsonbody import JSONRoute
 from ctxqa.api.schemas import HitOut, SearchRequest, SearchResponse
+from ctxqa.api.validation import check_question, check_top_k, resolve_collection
 
 log = logging.getLogger("ctxqa.api")
 router = APIRouter(tags=["search"], route_class=JSONRoute)

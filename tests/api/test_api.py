@@ -936,7 +936,7 @@ def test_queue_fifo_capacity_cancel_and_concurrency() -> None:
 
 
 def test_sanitize_filename_and_sniffing() -> None:
-    from ctxqa.api.routes.documents import sanitize_filename, sniff_kind
+    from ctxqa.api.uploads import sanitize_filename, sniff_kind
 
     assert sanitize_filename("../../etc/passwd", "f") == "passwd"
     assert sanitize_filename("C:\\dir\\x.pdf", "f") == "x.pdf"

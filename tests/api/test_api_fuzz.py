@@ -26,6 +26,7 @@ from hypothesis.errors import Unsatisfiable  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.config import SchemathesisConfig  # noqa: E402
+
 from tests.api.test_api import LIMITS, Server, create_key, metric, start_server, stop_server  # noqa: E402
 
 EXAMPLES = int(os.environ.get("CTXQA_FUZZ_EXAMPLES", "60"))

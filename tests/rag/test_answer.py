@@ -19,8 +19,8 @@ llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not ins
 
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, embedder):  # type: ignore[no-untyped-def]
-    from ctxqa.rag.config import Settings
     from ctxqa.context import Context
+    from ctxqa.rag.config import Settings
 
     root = tmp_path_factory.mktemp("corpus")
     # A slice of both shared corpora: Markdown pages and one 10-Q filing (multi-page PDF).

@@ -19,8 +19,8 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from ctxqa.rag.embed import onnx_runtime as onnx_embed  # noqa: E402
 from ctxqa.rag.config import Settings  # noqa: E402
+from ctxqa.rag.embed import onnx_runtime as onnx_embed  # noqa: E402
 from ctxqa.rag.embed.embedder import Embedder  # noqa: E402
 
 TEXTS = [

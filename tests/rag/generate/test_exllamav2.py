@@ -23,7 +23,14 @@ import pytest
 import torch
 
 from ctxqa.rag.config import Settings
-from ctxqa.rag.generate import Completion, ContextOverflowError, GeneratorError, GenParams, backend_status, load_generator
+from ctxqa.rag.generate import (
+    Completion,
+    ContextOverflowError,
+    GeneratorError,
+    GenParams,
+    backend_status,
+    load_generator,
+)
 
 SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "make_gptq_llama.py"
 HAVE_CUDA = torch.cuda.is_available()

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
 from ctxqa.ingest.chunk import chunk
-from ctxqa.rag.index.chunk_text import embedding_text, header_parts, lexical_text, window_lexical_text, window_text
 from ctxqa.rag.db import repo
 from ctxqa.rag.db.models import Chunk
+from ctxqa.rag.index.chunk_text import embedding_text, header_parts, lexical_text, window_lexical_text, window_text
 from ctxqa.rag.types import LoadedDocument
 
 TEXT = " ".join(f"Sentence {i} talks about topic {i % 7} and the widget number {i}." for i in range(120))

@@ -343,10 +343,9 @@ def test_unanswerable_question_gets_no_sources(ctx) -> None:  # type: ignore[no-
 
 def _tiny_cross_encoder(path: Path, embedder: Any) -> Path:
     """A small randomly initialised BERT cross-encoder (no download): 2 layers, the bundled tokenizer."""
+    import torch
     from sentence_transformers import CrossEncoder
     from transformers import BertConfig, BertForSequenceClassification
-
-    import torch
 
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=embedder.tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
