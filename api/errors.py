@@ -43,6 +43,7 @@ def library_error(exc: BaseException, field: str | None = None) -> ApiError:
 
     from ctxqa.api.queue import QueueClosed, QueueFull
     from ctxqa.rag.db import repo
+    from ctxqa.rag.errors import InvalidInput
     from ctxqa.rag.generate.base import ContextOverflowError, GeneratorError
 
     if isinstance(exc, ApiError):
@@ -52,9 +53,9 @@ def library_error(exc: BaseException, field: str | None = None) -> ApiError:
     if isinstance(exc, QueueClosed):
         return ApiError(503, "shutting_down", str(exc), headers={"Retry-After": "5"})
     if isinstance(exc, repo.NotFound):
-        return ApiError(404, "not_found", str(exc), field="collection" if "collection" in str(exc) else field)
+        return ApiError(404, "not_found", str(exc), field=exc.field or field)
     if isinstance(exc, repo.EmbeddingMismatch):
-        return ApiError(409, "embedding_mismatch", str(exc), field="collection")
+        return ApiError(409, "embedding_mismatch", str(exc), field=exc.field)
     if isinstance(exc, ContextOverflowError):
         return ApiError(422, "context_overflow", str(exc), field="max_new_tokens")
     if isinstance(exc, GeneratorError):
@@ -64,13 +65,11 @@ def library_error(exc: BaseException, field: str | None = None) -> ApiError:
         where = field or "body"
         details = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or where}: {e['msg']}" for e in exc.errors())
         return ApiError(422, "validation_error", f"{where}: {details}", field=where)
-    if isinstance(exc, ValueError):  # bad question, bad filter, unknown mode...
-        msg = str(exc)
-        if "filter" in msg.lower():
-            field = "filters"
-        elif "mode" in msg.lower() and field in (None, "question", "query"):
-            field = "mode"
-        return ApiError(422, "validation_error", f"{field + ': ' if field else ''}{msg}", field=field)
+    if isinstance(exc, InvalidInput):  # the core names the option at fault
+        where = exc.field or field
+        return ApiError(422, "validation_error", f"{where + ': ' if where else ''}{exc}", field=where)
+    if isinstance(exc, ValueError):
+        return ApiError(422, "validation_error", f"{field + ': ' if field else ''}{exc}", field=field)
     return ApiError(500, "internal_error", "internal server error")
 
 

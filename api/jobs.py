@@ -15,13 +15,14 @@ from starlette.concurrency import run_in_threadpool
 from ctxqa.api.errors import ApiError, bad_input, library_error
 from ctxqa.api.keys import Principal
 from ctxqa.api.queue import Job
-from ctxqa.api.schemas import MAX_QUESTIONS, CitationOut
+from ctxqa.api.schemas import MAX_QUESTIONS
 from ctxqa.api.state import AppState
 from ctxqa.api.validation import check_max_new_tokens, check_question, check_top_k, resolve_collection
 from ctxqa.rag.answer import AnswerEvent, AskOptions
 from ctxqa.rag.db.models import AnswerLog
 from ctxqa.rag.retrieve.filters import Filters
 from ctxqa.rag.types import Answer
+from ctxqa.rag.views import CitationView
 
 log = logging.getLogger("ctxqa.api")
 
@@ -78,7 +79,7 @@ async def cancel_on_disconnect(request: Request, state: AppState, job: Job,
 
 
 def _save_log(state: AppState, answer: Answer, collection: str, principal: Principal) -> int | None:
-    cits = [CitationOut.from_citation(c).model_dump(mode="json") for c in answer.citations]
+    cits = [CitationView.from_citation(c).model_dump(mode="json") for c in answer.citations]
     try:
         with state.services.db.session() as s:
             row = AnswerLog(collection=collection, question=answer.question, answer=answer.answer, citations=cits,

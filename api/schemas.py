@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ctxqa.rag.retrieve.filters import Filters
-from ctxqa.rag.types import Answer, Citation, Hit
+from ctxqa.rag.views import CitationView, HitView, UsageView
 
 # Hard ceilings of the schema; the configurable limits (Settings.max_question_chars, max_top_k,
 # max_new_tokens_limit) are checked per request and are usually lower.
@@ -65,66 +65,6 @@ class ErrorResponse(BaseModel):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def public_metadata(meta: dict[str, Any] | None) -> dict[str, Any]:
-    return {k: v for k, v in (meta or {}).items() if not str(k).startswith("_")}
-
-
-class HitOut(BaseModel):
-    chunk_id: int
-    document_id: int
-    collection: str
-    score: float
-    scores: dict[str, float] = Field(default_factory=dict, description="Per-retriever scores and ranks.")
-    source: str
-    title: str | None = None
-    date: str | None = None
-    url: str | None = None
-    pages: list[int] = Field(default_factory=list)
-    heading_path: list[str] = Field(default_factory=list)
-    ordinal: int
-    char_start: int
-    char_end: int
-    text: str
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-    @classmethod
-    def from_hit(cls, h: Hit) -> HitOut:
-        return cls(chunk_id=h.chunk_id, document_id=h.document_id, collection=h.collection, score=float(h.score),
-                   scores={k: float(v) for k, v in (h.scores or {}).items()}, source=h.source, title=h.title,
-                   date=h.date, url=h.url, pages=h.pages, heading_path=list(h.heading_path), ordinal=h.ordinal,
-                   char_start=h.char_start, char_end=h.char_end, text=h.text,
-                   metadata=public_metadata(h.metadata))
-
-
-class CitationOut(BaseModel):
-    status: Literal["verified", "unverified", "inferred"] = Field(
-        description="verified: the model cited it and it matches a provided chunk; unverified: it matches "
-                    "nothing that was provided; inferred: ctxqa attributed it (the model cited nothing).")
-    document_id: int | None = None
-    source: str | None = None
-    title: str | None = None
-    pages: list[int] = Field(default_factory=list)
-    chunk_ids: list[int] = Field(default_factory=list)
-    char_start: int | None = None
-    char_end: int | None = None
-    block: str | None = Field(None, description="The prompt block the citation resolved to (B1, B2, ...).")
-    match: str | None = None
-    support: float = Field(0.0, description="0..1: how well the cited chunk supports the answer text.")
-    raw: dict[str, str] = Field(default_factory=dict, description="What the model wrote for this source.")
-
-    @classmethod
-    def from_citation(cls, c: Citation) -> CitationOut:
-        return cls(status=c.status, document_id=c.document_id, source=c.source, title=c.title, pages=list(c.pages),
-                   chunk_ids=list(c.chunk_ids), char_start=c.char_start, char_end=c.char_end, block=c.block_ref,
-                   match=c.match, support=round(float(c.support), 6), raw=dict(c.raw))
-
-
-class UsageOut(BaseModel):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-
-
 class AskRequest(_Model):
     question: str | list[str] = Field(
         description="One question, or several answered together (at most 8).",
@@ -142,36 +82,11 @@ class AskRequest(_Model):
         return [self.question] if isinstance(self.question, str) else list(self.question)
 
 
-class AskResponse(BaseModel):
-    id: int | None = Field(None, description="Answer log id: GET /v1/answers/{id}.")
-    question: str
-    answer: str
-    abstained: bool
-    citations: list[CitationOut]
-    chunks: list[HitOut] = Field(description="Retrieved chunks with scores, best first.")
-    blocks_used: int
-    blocks_dropped: int
-    model: str
-    usage: UsageOut
-    timings: dict[str, float]
-    collection: str
-
-    @classmethod
-    def from_answer(cls, a: Answer, collection: str, answer_id: int | None = None) -> AskResponse:
-        return cls(id=answer_id, question=a.question, answer=a.answer, abstained=a.abstained,
-                   citations=[CitationOut.from_citation(c) for c in a.citations],
-                   chunks=[HitOut.from_hit(h) for h in a.hits], blocks_used=a.blocks_used,
-                   blocks_dropped=a.blocks_dropped, model=a.model,
-                   usage=UsageOut(prompt_tokens=a.usage.prompt_tokens, completion_tokens=a.usage.completion_tokens,
-                                  total_tokens=a.usage.prompt_tokens + a.usage.completion_tokens),
-                   timings={k: round(float(v), 6) for k, v in a.timings.items()}, collection=collection)
-
-
 class SourcesEvent(BaseModel):
     """SSE `event: sources`."""
 
     collection: str
-    chunks: list[HitOut]
+    chunks: list[HitView]
 
 
 class DeltaEvent(BaseModel):
@@ -186,13 +101,6 @@ class SearchRequest(_Model):
     top_k: int | None = Field(None, ge=1, le=SCHEMA_MAX_K)
     mode: Mode | None = None
     filters: ApiFilters | None = None
-
-
-class SearchResponse(BaseModel):
-    query: str
-    collection: str
-    hits: list[HitOut]
-    timings: dict[str, float]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -369,6 +277,6 @@ class ChatResponse(BaseModel):
     created: int
     model: str
     choices: list[ChatChoice]
-    usage: UsageOut
-    citations: list[CitationOut] = Field(description="ctxqa extension: the answer's resolved citations.")
+    usage: UsageView
+    citations: list[CitationView] = Field(description="ctxqa extension: the answer's resolved citations.")
     answer_id: int | None = Field(None, description="ctxqa extension: GET /v1/answers/{id}.")

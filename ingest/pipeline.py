@@ -354,7 +354,7 @@ class Ingestor:
                                                          Document.collection_id == coll.id)))
             removed = repo.delete_documents(s, docs)
             s.flush()
-            gen = s.scalar(select(Collection.generation).where(Collection.id == coll.id))
+            gen = repo.collection_generation(s, coll.id)
         self.store.apply(coll, int(gen or 0), remove_ids=removed)
         return len(docs)
 
@@ -578,7 +578,7 @@ class Ingestor:
                 add_vecs.extend(r["embedding"] for r in new_rows)
             repo.bump_generation(s, coll.id)
             s.flush()
-            gen = int(s.scalar(select(Collection.generation).where(Collection.id == coll.id)) or 0)
+            gen = repo.collection_generation(s, coll.id) or 0
         t_store = time.perf_counter() - t
         t = time.perf_counter()
         vec_arr = (np.frombuffer(b"".join(add_vecs), dtype=np.float32).reshape(len(add_vecs), -1)
@@ -632,6 +632,6 @@ class Ingestor:
             docs = list(s.scalars(select(Document).where(Document.id.in_([d.id for d in gone]))))
             removed = repo.delete_documents(s, docs)
             s.flush()
-            gen = int(s.scalar(select(Collection.generation).where(Collection.id == coll.id)) or 0)
+            gen = repo.collection_generation(s, coll.id) or 0
         self.store.apply(coll, gen, remove_ids=removed, save=False)
         return [FileResult(d.source, d.path or "", "removed", "file no longer exists", d.id) for d in gone]

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from ctxqa.rag import citations as cit
 from ctxqa.rag.config import Settings
+from ctxqa.rag.errors import InvalidInput
 from ctxqa.rag.generate.base import Completion, GenParams, Generator
 from ctxqa.rag.profiles import Profile, get_profile, profile_for_model
 from ctxqa.rag.prompt import pack_prompt
@@ -92,7 +93,7 @@ class Answerer:
         qs = [questions] if isinstance(questions, str) else [q for q in questions]
         qs = [q.strip() for q in qs if q and q.strip()]
         if not qs:
-            raise ValueError("question is empty: ask something")
+            raise InvalidInput("question is empty: ask something", field="question")
         k = opts.k or self.settings.top_k
         timings: dict[str, float] = {"embed": 0.0, "search": 0.0}
         per_q: list[list[Hit]] = []
@@ -109,12 +110,8 @@ class Answerer:
         profile = self.profile(opts.profile)
         gen = self.generator
         max_new = opts.max_new_tokens or self.settings.max_new_tokens
-        params = GenParams(
-            max_new_tokens=max_new,
-            temperature=self.settings.temperature if opts.temperature is None else opts.temperature,
-            seed=self.settings.seed if opts.seed is None else opts.seed,
-            stop=list(profile.stop),
-        )
+        overrides = {k: v for k, v in (("temperature", opts.temperature), ("seed", opts.seed)) if v is not None}
+        params = GenParams.from_settings(self.settings, max_new_tokens=max_new, stop=list(profile.stop), **overrides)
         context = min(self.settings.llm_context_length or gen.context_length, gen.context_length)
         use = hits if relevant else []
         if use and self.settings.neighbour_window > 0:

@@ -19,6 +19,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from ctxqa.rag.types import Fusion, RetrievalMode
+
 DEFAULT_EMBEDDING_MODEL = "bundled:all-MiniLM-L6-v2"
 DEFAULT_LLM = "bundled:smollm2"
 
@@ -74,8 +76,8 @@ class Settings(BaseSettings):
     ivf_nprobe: int = 32
 
     # --- retrieval -----------------------------------------------------------------------------------------
-    retrieval_mode: Literal["dense", "lexical", "hybrid"] = "hybrid"
-    fusion: Literal["rrf", "weighted"] = Field(
+    retrieval_mode: RetrievalMode = "hybrid"
+    fusion: Fusion = Field(
         "weighted", description="Hybrid fusion: 'weighted' (min-max normalised scores, exact for every candidate) "
                                 "beat 'rrf' on SciFact held-out queries (bench/retrieval.py).")
     top_k: int = 5

@@ -7,7 +7,13 @@ returns these, and the API converts them to its own schemas rather than leaking 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
+
+# Retrieval modes and hybrid fusion methods: declared once, used by Settings, search options, the CLI and the API.
+RetrievalMode = Literal["dense", "lexical", "hybrid"]
+Fusion = Literal["rrf", "weighted"]
+MODES: tuple[str, ...] = get_args(RetrievalMode)
+FUSIONS: tuple[str, ...] = get_args(Fusion)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Ingestion side

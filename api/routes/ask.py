@@ -6,9 +6,9 @@ citations the JSON form returns for the same (greedy) request.
 
 SSE wire format (one JSON object per `data:` line):
 
-    event: sources   data: {"collection": ..., "chunks": [HitOut, ...]}
+    event: sources   data: {"collection": ..., "chunks": [HitView, ...]}
     event: delta     data: {"text": "..."}            (zero or more)
-    event: final     data: AskResponse                 (same object as the non-streaming response)
+    event: final     data: AnswerView                 (same object as the non-streaming response)
     event: error     data: {"error": {...}}            (instead of final, if generation fails mid-way)
 
 A client that disconnects cancels its job: dropped from the queue if it has not started, stopped at the next
@@ -27,14 +27,9 @@ from ctxqa.api.deps import PrincipalDep, StateDep
 from ctxqa.api.errors import ERRORS, ApiError, library_error
 from ctxqa.api.jobs import build_options, collect, finalize, first_event, submit
 from ctxqa.api.jsonbody import JSONRoute
-from ctxqa.api.schemas import (
-    AskRequest,
-    AskResponse,
-    DeltaEvent,
-    HitOut,
-    SourcesEvent,
-)
+from ctxqa.api.schemas import AskRequest, DeltaEvent, SourcesEvent
 from ctxqa.api.sse import EventStreamResponse, error_payload, sse
+from ctxqa.rag.views import AnswerView, HitView
 
 log = logging.getLogger("ctxqa.api")
 router = APIRouter(tags=["ask"], route_class=JSONRoute)
@@ -44,7 +39,7 @@ router = APIRouter(tags=["ask"], route_class=JSONRoute)
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@router.post("/v1/ask", response_model=AskResponse, responses={
+@router.post("/v1/ask", response_model=AnswerView, responses={
     **ERRORS, 200: {"description": "The answer (JSON), or with `stream: true` a text/event-stream of "
                                    "`sources`, `delta`... and `final` events.",
                     "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
@@ -60,19 +55,19 @@ async def ask(body: AskRequest, request: Request, state: StateDep, principal: Pr
     if not body.stream:
         answer = await collect(request, state, job, events)
         answer_id = await finalize(state, answer, coll, principal)
-        return AskResponse.from_answer(answer, coll, answer_id)
+        return AnswerView.from_answer(answer, coll, answer_id)
 
     async def stream() -> AsyncIterator[str]:
         finished = False
         try:
-            yield sse("sources", SourcesEvent(collection=coll, chunks=[HitOut.from_hit(h) for h in first.hits or []]))
+            yield sse("sources", SourcesEvent(collection=coll, chunks=[HitView.from_hit(h) for h in first.hits or []]))
             async for ev in events:
                 if ev.kind == "delta" and ev.text:
                     yield sse("delta", DeltaEvent(text=ev.text))
                 elif ev.kind == "final" and ev.answer is not None:
                     answer_id = await finalize(state, ev.answer, coll, principal)
                     finished = True
-                    yield sse("final", AskResponse.from_answer(ev.answer, coll, answer_id))
+                    yield sse("final", AnswerView.from_answer(ev.answer, coll, answer_id))
             if not finished:
                 yield sse("error", error_payload(ApiError(503, "cancelled", "the generation job was cancelled")))
         except Exception as exc:  # noqa: BLE001 - the status line is gone: report in-band

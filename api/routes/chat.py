@@ -24,17 +24,10 @@ from ctxqa.api.deps import PrincipalDep, StateDep
 from ctxqa.api.errors import ERRORS, ApiError, bad_input, library_error
 from ctxqa.api.jobs import build_options, collect, finalize, first_event, submit
 from ctxqa.api.jsonbody import JSONRoute
-from ctxqa.api.schemas import (
-    AskResponse,
-    ChatChoice,
-    ChatRequest,
-    ChatResponse,
-    ChatResponseMessage,
-    CitationOut,
-    UsageOut,
-)
+from ctxqa.api.schemas import ChatChoice, ChatRequest, ChatResponse, ChatResponseMessage
 from ctxqa.api.sse import EventStreamResponse, error_payload, sse
-from ctxqa.rag.types import Answer, Citation
+from ctxqa.rag.types import Answer
+from ctxqa.rag.views import AnswerView, CitationView, UsageView, sources_text
 
 log = logging.getLogger("ctxqa.api")
 router = APIRouter(tags=["openai"], route_class=JSONRoute)
@@ -46,26 +39,8 @@ _SOURCES_HEADING = re.compile(
     r"(?:\d+\s*)?(?:\*\*|__)?\s*:", re.IGNORECASE)
 
 
-def sources_list(citations: list[Citation]) -> str:
-    lines = []
-    for i, c in enumerate(citations, 1):
-        where = c.source or ", ".join(f"{k}: {v}" for k, v in c.raw.items()) or "?"
-        if len(c.pages) == 1:
-            where += f", p. {c.pages[0]}"
-        elif c.pages:
-            where += f", pp. {c.pages[0]}-{c.pages[-1]}"
-        if c.title and c.title != c.source:
-            where += f" — {c.title}"
-        if c.status == "unverified":
-            where += " [unverified]"
-        elif c.status == "inferred":
-            where += " [inferred]"
-        lines.append(f"[{i}] {where}")
-    return "Sources:\n" + "\n".join(lines) if lines else ""
-
-
 def content_of(answer: Answer) -> str:
-    src = sources_list(answer.citations)
+    src = sources_text(answer.citations)
     return answer.answer + (f"\n\n{src}" if src else "")
 
 
@@ -148,11 +123,11 @@ async def chat_completions(body: ChatRequest, request: Request, state: StateDep,
             id=cid, created=created, model=answer.model,
             choices=[ChatChoice(message=ChatResponseMessage(content=content_of(answer)),
                                 finish_reason="stop" if not _truncated(answer, max_new, state) else "length")],
-            usage=UsageOut(prompt_tokens=answer.usage.prompt_tokens, completion_tokens=answer.usage.completion_tokens,
+            usage=UsageView(prompt_tokens=answer.usage.prompt_tokens, completion_tokens=answer.usage.completion_tokens,
                            total_tokens=answer.usage.prompt_tokens + answer.usage.completion_tokens),
-            citations=[CitationOut.from_citation(c) for c in answer.citations], answer_id=answer_id)
+            citations=[CitationView.from_citation(c) for c in answer.citations], answer_id=answer_id)
 
-    gen = state.services.__dict__.get("generator")
+    gen = state.services.loaded_generator()
     model_name = f"{state.settings.llm_backend}:{gen.name}" if gen is not None else "ctxqa"
 
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
@@ -174,7 +149,7 @@ async def chat_completions(body: ChatRequest, request: Request, state: StateDep,
                     tail = hide.flush()
                     if tail:
                         yield chunk({"content": tail})
-                    src = sources_list(a.citations)
+                    src = sources_text(a.citations)
                     if src:
                         yield chunk({"content": f"\n\n{src}"})
                     answer_id = await finalize(state, a, coll, principal)
@@ -183,9 +158,9 @@ async def chat_completions(body: ChatRequest, request: Request, state: StateDep,
                                 usage={"prompt_tokens": a.usage.prompt_tokens,
                                        "completion_tokens": a.usage.completion_tokens,
                                        "total_tokens": a.usage.prompt_tokens + a.usage.completion_tokens},
-                                citations=[CitationOut.from_citation(c).model_dump(mode="json") for c in a.citations],
+                                citations=[CitationView.from_citation(c).model_dump(mode="json") for c in a.citations],
                                 answer_id=answer_id,
-                                ctxqa=AskResponse.from_answer(a, coll, answer_id).model_dump(mode="json"))
+                                ctxqa=AnswerView.from_answer(a, coll, answer_id).model_dump(mode="json"))
             if not finished:
                 yield sse(None, error_payload(ApiError(503, "cancelled", "the generation job was cancelled")))
         except Exception as exc:  # noqa: BLE001 - report in-band, as OpenAI streams do

@@ -27,22 +27,14 @@ from starlette.concurrency import run_in_threadpool
 from ctxqa.api.deps import PrincipalDep, StateDep
 from ctxqa.api.errors import ERRORS, ApiError, library_error
 from ctxqa.api.jsonbody import JSONRoute
-from ctxqa.api.uploads import receive_upload
 from ctxqa.api.keys import Principal
-from ctxqa.api.schemas import (
-    ChunkOut,
-    Deleted,
-    DocumentDetail,
-    DocumentList,
-    DocumentOut,
-    UploadResponse,
-    UploadResult,
-    public_metadata,
-)
+from ctxqa.api.schemas import ChunkOut, Deleted, DocumentDetail, DocumentList, DocumentOut, UploadResponse, UploadResult
 from ctxqa.api.state import AppState
+from ctxqa.api.uploads import receive_upload
 from ctxqa.api.validation import resolve_collection
 from ctxqa.rag.db import repo
 from ctxqa.rag.db.models import Collection, Document
+from ctxqa.rag.views import public_metadata
 
 log = logging.getLogger("ctxqa.api")
 router = APIRouter(tags=["documents"], route_class=JSONRoute)

@@ -44,7 +44,7 @@ def readiness(state: AppState) -> Readiness:
     except Exception as e:  # noqa: BLE001
         checks["index"] = False
         detail["index"] = f"{type(e).__name__}: {str(e)[:200]}"
-    loaded = "generator" in state.services.__dict__
+    loaded = state.services.loaded_generator() is not None
     checks["model"] = loaded and state.queue is not None
     if not checks["model"]:
         detail["model"] = state.model_error or "the language model is not loaded"

@@ -10,16 +10,17 @@ from starlette.concurrency import run_in_threadpool
 from ctxqa.api.deps import PrincipalDep, StateDep
 from ctxqa.api.errors import ERRORS, library_error
 from ctxqa.api.jsonbody import JSONRoute
-from ctxqa.api.schemas import HitOut, SearchRequest, SearchResponse
+from ctxqa.api.schemas import SearchRequest
 from ctxqa.api.validation import check_question, check_top_k, resolve_collection
+from ctxqa.rag.views import HitView, SearchView
 
 log = logging.getLogger("ctxqa.api")
 router = APIRouter(tags=["search"], route_class=JSONRoute)
 
 
-@router.post("/v1/search", response_model=SearchResponse, responses={
+@router.post("/v1/search", response_model=SearchView, responses={
     k: v for k, v in ERRORS.items() if k != 503})
-async def search(body: SearchRequest, state: StateDep, principal: PrincipalDep) -> SearchResponse:
+async def search(body: SearchRequest, state: StateDep, principal: PrincipalDep) -> SearchView:
     """Search a collection: ranked chunks with scores, source, pages and document metadata."""
     settings = state.settings
     check_question(body.query, settings, "query")
@@ -35,5 +36,5 @@ async def search(body: SearchRequest, state: StateDep, principal: PrincipalDep) 
         if err.code == "internal_error":
             log.error("search failed", exc_info=exc)
         raise err from None
-    return SearchResponse(query=body.query, collection=coll, hits=[HitOut.from_hit(h) for h in res.hits],
+    return SearchView(query=body.query, collection=coll, hits=[HitView.from_hit(h) for h in res.hits],
                           timings={k_: round(float(v), 6) for k_, v in res.timings.items()})

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from ctxqa.rag.db.models import Chunk, Collection, Document, utcnow
+from ctxqa.rag.errors import InvalidInput
 from ctxqa.rag.types import Hit
+
+if TYPE_CHECKING:
+    from ctxqa.rag.retrieve.filters import Filters
 
 
 # Ids per `IN (...)` list in queries over arbitrarily many ids: well under SQLite's bound on bound parameters
@@ -20,11 +24,18 @@ IN_BATCH = 5000
 
 
 class NotFound(LookupError):
-    pass
+    """No such collection / document. `field` names the request field that named it."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
-class EmbeddingMismatch(ValueError):
+class EmbeddingMismatch(InvalidInput):
     """Querying or adding to a collection with a different embedding model than the one that built it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="collection")
 
 
 def get_collection(s: Session, name: str) -> Collection | None:
@@ -35,7 +46,8 @@ def require_collection(s: Session, name: str) -> Collection:
     coll = get_collection(s, name)
     if coll is None:
         names = ", ".join(s.scalars(select(Collection.name).order_by(Collection.name))) or "none yet"
-        raise NotFound(f"collection {name!r} does not exist (collections: {names}); ingest into it first")
+        raise NotFound(f"collection {name!r} does not exist (collections: {names}); ingest into it first",
+                       field="collection")
     return coll
 
 
@@ -101,13 +113,6 @@ def list_documents(s: Session, collection_id: int | None = None, *, offset: int 
     return docs, int(total)
 
 
-def chunk_ids_of_documents(s: Session, document_ids: Iterable[int]) -> list[int]:
-    ids = list(document_ids)
-    if not ids:
-        return []
-    return list(s.scalars(select(Chunk.id).where(Chunk.document_id.in_(ids))))
-
-
 def delete_chunks(s: Session, chunk_ids: Sequence[int]) -> None:
     """Delete chunks by id (any number of them). A table-level DELETE: the session's objects are not looked up."""
     ids = list(chunk_ids)
@@ -120,7 +125,7 @@ def delete_documents(s: Session, documents: Sequence[Document]) -> list[int]:
     if not documents:
         return []
     doc_ids = [d.id for d in documents]
-    chunk_ids = chunk_ids_of_documents(s, doc_ids)
+    chunk_ids = chunk_ids_of(s, doc_ids).tolist()
     s.execute(delete(Chunk).where(Chunk.document_id.in_(doc_ids)))
     s.execute(delete(Document).where(Document.id.in_(doc_ids)))
     for cid in {d.collection_id for d in documents}:
@@ -198,3 +203,91 @@ def mark_ingested(doc: Document) -> None:
     doc.status = "ingested"
     doc.error = None
     doc.ingested_at = utcnow()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generations, statistics, single rows
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def collection_generation(s: Session, collection_id: int) -> int | None:
+    """The collection's write counter (bumped by every committed change; index files are stamped with it), or
+    None when the collection no longer exists."""
+    gen = s.scalar(select(Collection.generation).where(Collection.id == collection_id))
+    return None if gen is None else int(gen)
+
+
+def get_document(s: Session, document_id: int) -> Document | None:
+    return s.get(Document, document_id)
+
+
+def delete_collection(s: Session, coll: Collection) -> None:
+    s.delete(coll)
+
+
+def totals(s: Session) -> dict[str, int]:
+    """Failed documents, PDF pages and chunk tokens over every collection (`ctxqa stats`)."""
+    failed = s.scalar(select(func.count(Document.id)).where(Document.status == "failed")) or 0
+    pages = s.scalar(select(func.coalesce(func.sum(Document.page_count), 0))) or 0
+    tokens = s.scalar(select(func.coalesce(func.sum(Chunk.token_count), 0))) or 0
+    return {"failed_documents": int(failed), "pdf_pages": int(pages), "chunk_tokens": int(tokens)}
+
+
+def chunk_texts(s: Session, chunk_ids: Sequence[int]) -> dict[int, str]:
+    out: dict[int, str] = {}
+    ids = list(chunk_ids)
+    for i in range(0, len(ids), IN_BATCH):
+        out.update((int(c), t) for c, t in s.execute(select(Chunk.id, Chunk.text).where(Chunk.id.in_(ids[i:i + IN_BATCH]))))
+    return out
+
+
+def document_ids_of(s: Session, chunk_ids: Sequence[int]) -> dict[int, int]:
+    """chunk id -> its document id."""
+    out: dict[int, int] = {}
+    ids = list(chunk_ids)
+    for i in range(0, len(ids), IN_BATCH):
+        out.update((int(c), int(d)) for c, d in s.execute(
+            select(Chunk.id, Chunk.document_id).where(Chunk.id.in_(ids[i:i + IN_BATCH]))).all())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Filters: the chunk ids a filtered search may return
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def allowed_document_ids(s: Session, collection_id: int, filters: Filters) -> list[int]:
+    """Ids of the collection's ingested documents that pass `filters`."""
+    q = select(Document.id, Document.source, Document.meta, Document.mtime).where(
+        Document.collection_id == collection_id, Document.status == "ingested")
+    if filters.source_prefix:
+        q = q.where(Document.source.like(_like_escape(filters.source_prefix) + "%", escape="\\"))
+    rows: list[Any] = []
+    if filters.document_ids is not None:
+        ids = list(filters.document_ids)
+        for i in range(0, len(ids), IN_BATCH):
+            rows.extend(s.execute(q.where(Document.id.in_(ids[i:i + IN_BATCH]))).all())
+    else:
+        rows = list(s.execute(q).all())
+    return sorted(int(r[0]) for r in rows
+                  if filters.matches(document_id=int(r[0]), source=r[1], meta=r[2], mtime=r[3]))
+
+
+def chunk_ids_of(s: Session, document_ids: Iterable[int]) -> np.ndarray:
+    """Sorted ids of the documents' chunks."""
+    out: list[int] = []
+    ids = list(document_ids)
+    for i in range(0, len(ids), IN_BATCH):
+        out.extend(s.scalars(select(Chunk.id).where(Chunk.document_id.in_(ids[i:i + IN_BATCH]))))
+    return np.asarray(sorted(out), dtype=np.int64)
+
+
+def allowed_chunk_ids(s: Session, collection_id: int, filters: Filters | None) -> np.ndarray | None:
+    """Sorted chunk ids a filtered search may return; None when `filters` restricts nothing."""
+    if filters is None or filters.is_empty():
+        return None
+    return chunk_ids_of(s, allowed_document_ids(s, collection_id, filters))

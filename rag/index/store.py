@@ -75,14 +75,14 @@ class IndexStore:
 
     def _generation(self, collection_id: int) -> int | None:
         with self.db.session() as s:
-            return s.scalar(select(Collection.generation).where(Collection.id == collection_id))
+            return repo.collection_generation(s, collection_id)
 
     def get(self, coll: Collection, *, on_rebuild=None) -> VectorIndex:  # type: ignore[no-untyped-def]
         """The collection's index, current with the database (loaded, or rebuilt when stale)."""
         with self._lock:
             gen = self._generation(coll.id)
             if gen is None:
-                raise repo.NotFound(f"collection {coll.name!r} no longer exists")
+                raise repo.NotFound(f"collection {coll.name!r} no longer exists", field="collection")
             self._ensure_lexical(coll, gen, on_rebuild)
             cached = self._cache.get(coll.id)
             if cached is not None and cached.generation == gen:
@@ -100,7 +100,7 @@ class IndexStore:
         with self._lock:
             gen = self._generation(coll.id)
             if gen is None:
-                raise repo.NotFound(f"collection {coll.name!r} no longer exists")
+                raise repo.NotFound(f"collection {coll.name!r} no longer exists", field="collection")
             return self._ensure_lexical(coll, gen, on_rebuild)
 
     def get_both(self, coll: Collection) -> tuple[VectorIndex, LexicalIndex]:
@@ -134,7 +134,7 @@ class IndexStore:
         """Rebuild the BM25 index from the chunk texts stored in the database and save it."""
         with self._lock:
             with self.db.session() as s:
-                gen = s.scalar(select(Collection.generation).where(Collection.id == coll.id)) or 0
+                gen = repo.collection_generation(s, coll.id) or 0
                 ids, terms = _collection_terms(s, coll.id, self.settings.lexical_window, self._tokenizer)
             lex = LexicalIndex.build(ids, None, self.settings.bm25_k1, self.settings.bm25_b, self._tokenizer,
                                      self.settings.lexical_window, terms=terms)
@@ -145,7 +145,7 @@ class IndexStore:
     def _rebuild_vectors(self, coll: Collection) -> VectorIndex:
         with self._lock:
             with self.db.session() as s:
-                gen = s.scalar(select(Collection.generation).where(Collection.id == coll.id)) or 0
+                gen = repo.collection_generation(s, coll.id) or 0
                 ids, vecs = repo.collection_vectors(s, coll.id, coll.embedding_dim)
             kind = choose_index_type(coll.index_type if coll.index_type != "auto" else self.settings.index_type,
                                      len(ids), self.settings.index_auto_threshold)
@@ -235,7 +235,7 @@ class IndexStore:
 
     def _check(self, coll: Collection, path: Path, loaded: VectorIndex | LexicalIndex | None) -> IndexCheck:
         with self.db.session() as s:
-            gen = s.scalar(select(Collection.generation).where(Collection.id == coll.id)) or 0
+            gen = repo.collection_generation(s, coll.id) or 0
             db_ids = repo.collection_chunk_ids(s, coll.id)
         if loaded is None:
             if not len(db_ids) and not path.exists():

@@ -1,7 +1,8 @@
 """Metadata filters for retrieval, resolved to the set of chunk ids a search may return.
 
     Filters(source_prefix=, source_glob=, document_ids=, date_from=, date_to=, metadata={key: value})
-    allowed_chunk_ids(session, collection_id, filters) -> np.ndarray | None   (None: no restriction)
+    repo.allowed_chunk_ids(session, collection_id, filters) -> np.ndarray | None   (None: no restriction; SQL in
+    rag/db/repo.py, which calls `Filters.matches` on the candidate documents)
 
 All conditions must hold (AND). The ids are handed to both indexes, which restrict their candidates *before* the
 top-k cut, so a filtered search still returns k hits when k matching chunks exist.
@@ -20,17 +21,11 @@ top-k cut, so a filtered search still returns k hits when k matching chunks exis
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from ctxqa.rag.db.models import Chunk, Document
-from ctxqa.rag.db.repo import IN_BATCH
 
 
 class Filters(BaseModel):
@@ -150,39 +145,3 @@ def document_date(meta: dict[str, Any], mtime: datetime | None) -> date | None:
     if mtime is not None:
         return mtime.date()
     return None
-
-
-def _like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def allowed_document_ids(s: Session, collection_id: int, filters: Filters) -> list[int]:
-    """Ids of the collection's ingested documents that pass `filters`."""
-    q = select(Document.id, Document.source, Document.meta, Document.mtime).where(
-        Document.collection_id == collection_id, Document.status == "ingested")
-    if filters.source_prefix:
-        q = q.where(Document.source.like(_like_escape(filters.source_prefix) + "%", escape="\\"))
-    rows: list[Any] = []
-    if filters.document_ids is not None:
-        ids = list(filters.document_ids)
-        for i in range(0, len(ids), IN_BATCH):
-            rows.extend(s.execute(q.where(Document.id.in_(ids[i:i + IN_BATCH]))).all())
-    else:
-        rows = list(s.execute(q).all())
-    return sorted(int(r[0]) for r in rows
-                  if filters.matches(document_id=int(r[0]), source=r[1], meta=r[2], mtime=r[3]))
-
-
-def chunk_ids_of(s: Session, document_ids: Sequence[int]) -> np.ndarray:
-    out: list[int] = []
-    ids = list(document_ids)
-    for i in range(0, len(ids), IN_BATCH):
-        out.extend(s.scalars(select(Chunk.id).where(Chunk.document_id.in_(ids[i:i + IN_BATCH]))))
-    return np.asarray(sorted(out), dtype=np.int64)
-
-
-def allowed_chunk_ids(s: Session, collection_id: int, filters: Filters | None) -> np.ndarray | None:
-    """Sorted chunk ids a filtered search may return; None when `filters` restricts nothing."""
-    if filters is None or filters.is_empty():
-        return None
-    return chunk_ids_of(s, allowed_document_ids(s, collection_id, filters))

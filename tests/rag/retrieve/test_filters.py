@@ -10,7 +10,8 @@ from pydantic import ValidationError
 from ctxqa.rag.db import repo
 from ctxqa.rag.db.models import Chunk, Document
 from ctxqa.rag.db.session import Database
-from ctxqa.rag.retrieve.filters import Filters, allowed_chunk_ids, allowed_document_ids, document_date, value_matches
+from ctxqa.rag.db.repo import allowed_chunk_ids, allowed_document_ids
+from ctxqa.rag.retrieve.filters import Filters, document_date, value_matches
 
 
 def test_validation_and_coercion() -> None:

@@ -1,0 +1,100 @@
+"""`ctxqa search` and `ctxqa ask`: the query side, printed for people or as the API's JSON views (--json)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from ctxqa.cli.common import CollectionOpt, JsonOpt, context, err, fail, out, print_json
+from ctxqa.rag.answer import AskOptions
+from ctxqa.rag.db import repo
+from ctxqa.rag.generate.base import GeneratorError
+from ctxqa.rag.retrieve.options import Mode
+from ctxqa.rag.views import AnswerView, SearchView, pages_label, source_line
+
+ModeOpt = Annotated[Optional[Mode], typer.Option("--mode", help="dense | lexical | hybrid")]
+
+
+def search(
+    query: Annotated[str, typer.Argument()],
+    k: Annotated[int, typer.Option("-k", help="Number of hits.")] = 5,
+    collection: CollectionOpt = None,
+    mode: ModeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Search a collection: top hits with score, source, title, page and a snippet."""
+    ctx = context()
+    coll = collection or ctx.settings.default_collection
+    try:
+        res = ctx.retriever.search(query, collection=coll, k=k, mode=mode)
+    except (repo.NotFound, repo.EmbeddingMismatch, ValueError) as e:
+        fail(str(e), 2)
+    if json_out:
+        print_json(SearchView.from_result(query, coll, res.hits, res.timings).model_dump(mode="json"))
+        return
+    if not res.hits:
+        out.print("no hits")
+    for i, h in enumerate(res.hits, 1):
+        snippet = " ".join(h.text.split())[:240]
+        out.print(f"[bold]{i}.[/] [cyan]{h.score:.3f}[/] {h.source}{pages_label(h.pages)} — {h.title or ''}",
+                  highlight=False)
+        out.print(f"   {snippet}", highlight=False, markup=False)
+
+
+def ask(
+    question: Annotated[list[str], typer.Argument(help="One or more questions (answered together).")],
+    collection: CollectionOpt = None,
+    k: Annotated[Optional[int], typer.Option("-k", help="Chunks to retrieve.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Prompt profile (see `ctxqa models`).")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens")] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature")] = None,
+    mode: ModeOpt = None,
+    stream: Annotated[bool, typer.Option("--stream", help="Print tokens as they are generated.")] = False,
+    show_prompt: Annotated[bool, typer.Option("--show-prompt", help="Print the prompt sent to the model.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Answer a question from the documents, with sources."""
+    ctx = context()
+    coll = collection or ctx.settings.default_collection
+    opts = AskOptions(collection=coll, k=k, mode=mode, max_new_tokens=max_new_tokens,
+                      temperature=temperature, profile=model)
+    try:
+        if stream and not json_out:
+            ans = None
+            for ev in ctx.answerer.stream(question, opts):
+                if ev.kind == "delta" and ev.text:
+                    sys.stdout.write(ev.text)
+                    sys.stdout.flush()
+                elif ev.kind == "final":
+                    ans = ev.answer
+            sys.stdout.write("\n")
+            if ans is None:
+                fail("the answer stream ended without a final answer", 1)
+        else:
+            ans = ctx.answerer.answer(question, opts)
+    except (repo.NotFound, repo.EmbeddingMismatch, GeneratorError, ValueError) as e:
+        fail(str(e), 2)
+    if json_out:
+        print_json(AnswerView.from_answer(ans, coll).model_dump(mode="json"))
+        return
+    if show_prompt:
+        err.print(ans.prompt, highlight=False, markup=False)
+    if not stream:
+        out.print(ans.answer, highlight=False, markup=False)
+    if ans.citations:
+        out.print("\n[bold]Sources[/]")
+        for i, c in enumerate(ans.citations, 1):
+            support = f" (support {c.support:.2f})" if c.status != "unverified" else ""
+            out.print(source_line(i, c) + support, highlight=False, markup=False)
+    elif ans.abstained:
+        out.print("\n(no sources: not found in the documents)")
+    t = ans.timings
+    err.print(f"[dim]{ans.usage.prompt_tokens} prompt + {ans.usage.completion_tokens} completion tokens · "
+              + " · ".join(f"{k} {v * 1000:.0f} ms" for k, v in t.items()) + "[/]")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(search)
+    app.command()(ask)
