@@ -12,9 +12,9 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ctxqa.rag.db import repo
 from ctxqa.rag.db.models import ApiKey, utcnow
 
 SECRET_PREFIX = "ctxqa_"
@@ -69,7 +69,7 @@ def _check_name(name: str) -> str:
 def create_key(s: Session, name: str, *, collections: list[str] | None = None, admin: bool = False) -> CreatedKey:
     """Create a key and return its secret (the only time it is ever available)."""
     name = _check_name(name)
-    existing = s.scalar(select(ApiKey).where(ApiKey.name == name))
+    existing = repo.key_by_name(s, name)
     if existing is not None:
         state = "revoked" if existing.revoked_at else "active"
         raise ApiKeyError(f"a key named {name!r} already exists ({state}); choose another name")
@@ -83,11 +83,11 @@ def create_key(s: Session, name: str, *, collections: list[str] | None = None, a
 
 
 def list_keys(s: Session) -> list[ApiKey]:
-    return list(s.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
+    return repo.all_keys(s)
 
 
 def revoke_key(s: Session, name: str) -> ApiKey:
-    row = s.scalar(select(ApiKey).where(ApiKey.name == name))
+    row = repo.key_by_name(s, name)
     if row is None:
         raise ApiKeyError(f"no key named {name!r}")
     if row.revoked_at is None:
@@ -108,7 +108,7 @@ def verify_key(s: Session, secret: str, *, touch_every: timedelta = timedelta(mi
     if not secret or not secret.startswith(SECRET_PREFIX) or len(secret) > 200:
         return None
     digest = hash_secret(secret)
-    row = s.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
+    row = repo.key_by_hash(s, digest)
     if row is None or not hmac.compare_digest(row.key_hash, digest) or row.revoked_at is not None:
         return None
     now = utcnow()

@@ -31,8 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import insert, select
-from sqlalchemy.orm import Session
 
 from ctxqa.ingest.chunk import chunk as chunk_document
 from ctxqa.ingest.discover import SIDECAR_SUFFIX, Found, Problem, discover
@@ -195,18 +193,99 @@ def _title(prep: "_Prepared") -> str:
     return (d.title or d.metadata.get("title") or Path(prep.found.source).stem)[:1000]
 
 
-def _insert_chunks(s: Session, rows: list[dict[str, Any]]) -> list[int]:
-    """Insert chunk rows; their ids, in the order given.
+def _unique_sources(found: list[Found], report: IngestReport) -> list[Found]:
+    """Each source once: a second file with the same source (two roots holding the same relative path) fails."""
+    seen: set[str] = set()
+    todo: list[Found] = []
+    for f in found:
+        if f.source in seen:
+            report.results.append(FileResult(f.source, str(f.path), "failed",
+                                             f"duplicate source {f.source!r} in this run (two roots hold the "
+                                             f"same relative path); ingest them into separate collections"))
+            continue
+        seen.add(f.source)
+        todo.append(f)
+    return todo
 
-    Multi-row INSERT ... RETURNING instead of the ORM's per-object bookkeeping and a flush per document: those
-    were about half of the writer thread's time on SciFact (5,183 small files). A database without RETURNING on
-    multi-row inserts (SQLite before 3.35) gets the ORM's row-by-row inserts."""
-    if s.get_bind().dialect.insert_executemany_returning_sort_by_parameter_order:
-        return [int(i) for i in s.scalars(insert(Chunk).returning(Chunk.id, sort_by_parameter_order=True), rows)]
-    objs = [Chunk(**r) for r in rows]
-    s.add_all(objs)
-    s.flush()
-    return [int(o.id) for o in objs]
+
+class _Tally:
+    """Files done so far, for the report and the progress callback."""
+
+    def __init__(self, report: IngestReport, total: int, t0: float, progress: ProgressFn | None) -> None:
+        self.report, self.total, self.t0, self.progress = report, total, t0, progress
+        self.done = self.pages = self.chunks = 0
+
+    def record(self, res: FileResult, *, reported: bool = False) -> None:
+        if not reported:
+            self.report.results.append(res)
+        self.done += 1
+        self.pages += res.pages
+        self.chunks += res.chunks
+        if self.progress:
+            self.progress(Progress(self.done, self.total, self.pages, self.chunks, time.perf_counter() - self.t0,
+                                   res.source, res.status))
+
+
+class _GroupWriter:
+    """Gathers prepared documents into groups of ~`target` chunks, embeds each group in the calling thread and
+    hands it to one writer thread, which commits it and adds it to the indexes while the next group is embedded.
+    Groups commit in order, one in flight. On an error the group in flight lands (or fails) before the error
+    reaches the caller, so every group committed before it stays searchable."""
+
+    def __init__(self, ingestor: Ingestor, coll: Collection, report: IngestReport, tally: _Tally) -> None:
+        self.ingestor, self.coll, self.report, self.tally = ingestor, coll, report, tally
+        # Groups of ~1,000 chunks: big enough that length-bucketed batches come out full (small groups cost ~20 %
+        # more embedding time), small enough that progress and commits stay frequent.
+        self.target = max(ingestor.settings.embedding_batch_size * 16, 128)
+        self.pending: list[tuple[_Prepared, Document | None]] = []
+        self.pending_chunks = 0
+        self.writing: Future[_Written] | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxqa-store")
+
+    def add(self, prep: _Prepared, old: Document | None, next_ready: bool) -> None:
+        self.pending.append((prep, old))
+        self.pending_chunks += len(prep.specs)
+        # A full group, or the worker is still busy on the next file (a big PDF) with enough waiting to fill
+        # batches: embed now rather than idle.
+        if self.pending_chunks >= self.target or (not next_ready and self.pending_chunks >= _AHEAD_MIN_CHUNKS):
+            self.flush()
+
+    def flush(self) -> None:
+        group, self.pending, self.pending_chunks = self.pending, [], 0
+        plan = self.ingestor._embed_group(group, self.report)
+        self.finish()  # groups commit in order, one in flight
+        self.writing = self._pool.submit(self.ingestor._write_group, self.coll, group, plan)
+
+    def poll(self) -> None:
+        if self.writing is not None and self.writing.done():
+            self.finish()
+
+    def finish(self) -> None:
+        """Wait for the group in flight and report it."""
+        if self.writing is None:
+            return
+        done, self.writing = self.writing, None
+        out = done.result()
+        self.report.results.extend(out.results)
+        self.report.chunks_reused += out.reused
+        self.report.timings["store"] += out.t_store
+        self.report.timings["index"] += out.t_index
+        for res in out.results:
+            self.tally.record(res, reported=True)
+
+    def close(self) -> None:
+        """The last, partial group, then wait for everything to land."""
+        if self.pending:
+            self.flush()
+        self.finish()
+
+    def __enter__(self) -> _GroupWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.writing is not None:  # an error above: let the group in flight land (or fail) before returning
+            wait([self.writing])
+        self._pool.shutdown(wait=True)
 
 
 class Ingestor:
@@ -237,77 +316,20 @@ class Ingestor:
         with self.db.session() as s:
             coll = repo.ensure_collection(s, name, self.embedder.name, self.embedder.dim, self.settings.index_type)
         roots = [Path(p).expanduser() for p in paths]
-        found: list[Found] = []
-        for item in discover(roots, SUPPORTED_SUFFIXES, include=include, exclude=exclude):
-            if isinstance(item, Problem):
-                report.results.append(FileResult(item.path.name, str(item.path), item.kind, item.reason))
-            else:
-                if sources and item.path in sources:
-                    item = Found(item.path, item.root, sources[item.path])
-                found.append(item)
+        found = self._discover(roots, include, exclude, sources or {}, report)
         report.timings["discover"] = time.perf_counter() - t0
         # Keep the store's cached index in step before applying incremental changes.
         self.store.get(coll)
-
         with self.db.session() as s:
             existing = repo.documents_by_source(s, coll.id)
-        seen: set[str] = set()
-        todo: list[Found] = []
-        for f in found:
-            if f.source in seen:
-                report.results.append(FileResult(f.source, str(f.path), "failed",
-                                                 f"duplicate source {f.source!r} in this run (two roots hold the "
-                                                 f"same relative path); ingest them into separate collections"))
-                continue
-            seen.add(f.source)
-            todo.append(f)
+        todo = _unique_sources(found, report)
 
-        total = len(todo)
-        done = 0
-        pages = chunks = 0
-
-        def tick(res: FileResult) -> None:
-            nonlocal done, pages, chunks
-            done += 1
-            pages += res.pages
-            chunks += res.chunks
-            if progress:
-                progress(Progress(done, total, pages, chunks, time.perf_counter() - t0, res.source, res.status))
-
-        pending: list[tuple[_Prepared, Document | None]] = []
-        pending_chunks = 0
-        # Groups of ~1,000 chunks: big enough that length-bucketed batches come out full (small groups cost ~20 %
-        # more embedding time), small enough that progress and commits stay frequent.
-        batch_target = max(self.settings.embedding_batch_size * 16, 128)
-        # One group is written (SQL rows, then the index) by the writer thread while the next one is embedded.
-        writing: Future[_Written] | None = None
-
-        def finish() -> None:
-            nonlocal writing
-            if writing is not None:
-                done_, writing = writing, None
-                out = done_.result()
-                report.results.extend(out.results)
-                report.chunks_reused += out.reused
-                report.timings["store"] += out.t_store
-                report.timings["index"] += out.t_index
-                for res in out.results:
-                    tick(res)
-
-        def flush() -> None:
-            nonlocal writing, pending, pending_chunks
-            group, pending, pending_chunks = pending, [], 0
-            plan = self._embed_group(group, report)
-            finish()  # groups commit in order, one in flight
-            writing = writer.submit(self._write_group, coll, group, plan)
-
-        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxqa-store")
-        try:
+        tally = _Tally(report, len(todo), t0, progress)
+        with _GroupWriter(self, coll, report, tally) as groups:
             with contextlib.closing(self._prepare_all(todo, existing, meta or {}, password,
-                                                      2 * batch_target)) as prepared:
+                                                      2 * groups.target)) as prepared:
                 for prep, next_ready in prepared:
-                    if writing is not None and writing.done():
-                        finish()  # report a written group now, not at the next flush (progress stays current)
+                    groups.poll()  # report a written group now, not at the next flush (progress stays current)
                     report.timings["extract"] += prep.t_extract
                     report.timings["chunk"] += prep.t_chunk
                     old = existing.get(prep.found.source)
@@ -316,28 +338,13 @@ class Ingestor:
                                          "skipped" if prep.error.reason in ("empty",) else "failed",
                                          str(prep.error), pages=0)
                         self._record_failure(coll, prep, old, res)
-                        report.results.append(res)
-                        tick(res)
-                        continue
-                    if prep.doc is None:  # unchanged
-                        res = FileResult(prep.found.source, str(prep.found.path), "unchanged",
-                                         document_id=old.id if old else None, chunks=0)
-                        report.results.append(res)
-                        tick(res)
-                        continue
-                    pending.append((prep, old))
-                    pending_chunks += len(prep.specs)
-                    # A full group, or the worker is still busy on the next file (a big PDF) with enough waiting
-                    # to fill batches: embed now rather than idle.
-                    if pending_chunks >= batch_target or (not next_ready and pending_chunks >= _AHEAD_MIN_CHUNKS):
-                        flush()
-            if pending:
-                flush()
-            finish()
-        finally:
-            if writing is not None:  # an error above: let the group in flight land (or fail) before returning
-                wait([writing])
-            writer.shutdown(wait=True)
+                        tally.record(res)
+                    elif prep.doc is None:  # unchanged
+                        tally.record(FileResult(prep.found.source, str(prep.found.path), "unchanged",
+                                                document_id=old.id if old else None, chunks=0))
+                    else:
+                        groups.add(prep, old, next_ready)
+            groups.close()
 
         if prune:
             report.results.extend(self._prune(coll, roots, {f.source for f in found}, existing))
@@ -347,11 +354,24 @@ class Ingestor:
         report.timings["total"] = time.perf_counter() - t0
         return report
 
+    @staticmethod
+    def _discover(roots: list[Path], include: Sequence[str], exclude: Sequence[str], sources: dict[Path, str],
+                  report: IngestReport) -> list[Found]:
+        """The files to ingest; problems (unreadable, unsupported...) go straight into the report."""
+        found: list[Found] = []
+        for item in discover(roots, SUPPORTED_SUFFIXES, include=include, exclude=exclude):
+            if isinstance(item, Problem):
+                report.results.append(FileResult(item.path.name, str(item.path), item.kind, item.reason))
+            else:
+                if item.path in sources:
+                    item = Found(item.path, item.root, sources[item.path])
+                found.append(item)
+        return found
+
     def delete_documents(self, collection: str, document_ids: Sequence[int]) -> int:
         with self.db.session() as s:
             coll = repo.require_collection(s, collection)
-            docs = list(s.scalars(select(Document).where(Document.id.in_(list(document_ids)),
-                                                         Document.collection_id == coll.id)))
+            docs = repo.documents_in(s, coll.id, document_ids)
             removed = repo.delete_documents(s, docs)
             s.flush()
             gen = repo.collection_generation(s, coll.id)
@@ -486,7 +506,7 @@ class Ingestor:
         old_title = {old.id: old.title for _, old in group if old is not None}
         if old_ids:
             with self.db.session() as s:
-                for c in s.scalars(select(Chunk).where(Chunk.document_id.in_(old_ids))):
+                for c in repo.chunks_of_documents(s, old_ids):
                     s.expunge(c)  # written back (merged) by the writer thread's own session
                     et = self._embedding_text(c.text, old_title.get(c.document_id), c.heading_path or (),
                                               c.token_count)
@@ -521,7 +541,7 @@ class Ingestor:
             for prep, old in group:
                 assert prep.doc is not None
                 d = prep.doc
-                doc = s.get(Document, old.id) if old is not None else None
+                doc = repo.get_document(s, old.id) if old is not None else None
                 status: Status = "updated" if doc is not None and doc.status == "ingested" else "added"
                 if doc is None:
                     doc = Document(collection_id=coll.id, source=prep.found.source)
@@ -574,7 +594,7 @@ class Ingestor:
             # Replaced chunks go before their successors arrive (same document and ordinal: a unique key).
             repo.delete_chunks(s, remove_ids)
             if new_rows:
-                add_ids.extend(_insert_chunks(s, new_rows))
+                add_ids.extend(repo.insert_chunks(s, new_rows))
                 add_vecs.extend(r["embedding"] for r in new_rows)
             repo.bump_generation(s, coll.id)
             s.flush()
@@ -601,7 +621,7 @@ class Ingestor:
         if res.status != "failed":
             return
         with self.db.session() as s:
-            doc = s.get(Document, old.id) if old is not None else None
+            doc = repo.get_document(s, old.id) if old is not None else None
             if doc is None:
                 doc = Document(collection_id=coll.id, source=prep.found.source, sha256=prep.sha256 or "",
                                media_type="application/octet-stream", size=prep.size, meta={}, chunk_count=0)
@@ -629,7 +649,7 @@ class Ingestor:
         if not gone:
             return []
         with self.db.session() as s:
-            docs = list(s.scalars(select(Document).where(Document.id.in_([d.id for d in gone]))))
+            docs = repo.documents_in(s, coll.id, [d.id for d in gone])
             removed = repo.delete_documents(s, docs)
             s.flush()
             gen = repo.collection_generation(s, coll.id) or 0

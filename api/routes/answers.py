@@ -11,7 +11,7 @@ from ctxqa.api.deps import PrincipalDep, StateDep
 from ctxqa.api.errors import ERRORS, ApiError
 from ctxqa.api.jsonbody import JSONRoute
 from ctxqa.api.schemas import AnswerLogOut
-from ctxqa.rag.db.models import AnswerLog
+from ctxqa.rag.db import repo
 
 router = APIRouter(tags=["answers"], route_class=JSONRoute)
 
@@ -22,7 +22,7 @@ def get_answer(state: StateDep, principal: PrincipalDep,
                answer_id: Annotated[int, PathParam(ge=1, le=2**31 - 1)]) -> AnswerLogOut:
     """An answer as it was given. Keys see answers about the collections they may use."""
     with state.services.db.session() as s:
-        row = s.get(AnswerLog, answer_id)
+        row = repo.get_answer_log(s, answer_id)
         if row is None or (row.collection is not None and not principal.allows(row.collection)):
             raise ApiError(404, "not_found", f"no answer with id {answer_id}")
         return AnswerLogOut(id=row.id, created_at=row.created_at, collection=row.collection, question=row.question,

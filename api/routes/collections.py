@@ -60,7 +60,7 @@ def _delete(state: AppState, name: str) -> None:
             if coll is None:
                 raise ApiError(404, "not_found", f"collection {name!r} does not exist", field="name")
             cid = coll.id
-            s.delete(coll)
+            repo.delete_collection(s, coll)
         state.services.store.drop(cid)
 
 

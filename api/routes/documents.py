@@ -21,7 +21,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from ctxqa.api.deps import PrincipalDep, StateDep
@@ -33,7 +32,7 @@ from ctxqa.api.state import AppState
 from ctxqa.api.uploads import receive_upload
 from ctxqa.api.validation import resolve_collection
 from ctxqa.rag.db import repo
-from ctxqa.rag.db.models import Collection, Document
+from ctxqa.rag.db.models import Document
 from ctxqa.rag.views import public_metadata
 
 log = logging.getLogger("ctxqa.api")
@@ -129,8 +128,7 @@ def _doc_out(d: Document, collection: str) -> dict[str, Any]:
 
 
 def _visible_document(s: Any, principal: Principal, doc_id: int) -> tuple[Document, str] | None:
-    row = s.execute(select(Document, Collection.name).join(Collection, Document.collection_id == Collection.id)
-                    .where(Document.id == doc_id)).first()
+    row = repo.document_with_collection(s, doc_id)
     if row is None:
         return None
     doc, coll = row
@@ -147,7 +145,7 @@ def list_documents(state: StateDep, principal: PrincipalDep,
                    limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> DocumentList:
     """List documents (paged), optionally of one collection; only collections the key may use are listed."""
     with state.services.db.session() as s:
-        names = {c.id: c.name for c in s.scalars(select(Collection))}
+        names = repo.collection_names(s)
         if collection is not None:
             name = resolve_collection(collection, state.settings, principal)
             try:

@@ -6,7 +6,6 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import text
 
 from ctxqa.api.deps import PrincipalDep, StateDep
 from ctxqa.api.errors import ERRORS
@@ -29,7 +28,7 @@ def readiness(state: AppState) -> Readiness:
     detail: dict[str, str] = {}
     try:
         with state.services.db.session() as s:
-            s.execute(text("SELECT 1"))
+            repo.ping(s)
             colls = [c for c, _, _ in repo.list_collections(s)]
         checks["database"] = True
     except Exception as e:  # noqa: BLE001

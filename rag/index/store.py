@@ -15,18 +15,14 @@ faiss vector index (`collection-<id>.faiss`, rebuilt from the stored embeddings)
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from itertools import groupby
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 
 from ctxqa.rag.config import Settings
 from ctxqa.rag.db import repo
-from ctxqa.rag.db.models import Chunk, Collection, Document
+from ctxqa.rag.db.models import Collection
 from ctxqa.rag.db.session import Database
 from ctxqa.rag.index.vector import IVF_MIN_VECTORS, IndexParams, VectorIndex, choose_index_type, ivf_needs_retrain, meta_path_for
 from ctxqa.rag.index.chunk_text import lexical_texts
@@ -249,25 +245,10 @@ class IndexStore:
             stale_in_index=np.setdiff1d(idx_ids, db_ids).tolist()[:50],
         )
 
-_LEX_COLUMNS = (Chunk.id, Chunk.document_id, Chunk.text, Chunk.char_start, Chunk.char_end, Chunk.heading_path,
-                Document.title)
-
-
-def _document_rows(s, document_ids: list[int]) -> Iterator[list[Any]]:  # type: ignore[no-untyped-def]
-    """Each document's (chunk id, document id, text, char start, char end, heading path, title) rows, in ordinal
-    order, one list per document."""
-    for i in range(0, len(document_ids), 500):
-        rows = s.execute(select(*_LEX_COLUMNS).join(Document, Chunk.document_id == Document.id)
-                         .where(Chunk.document_id.in_(document_ids[i:i + 500]))
-                         .order_by(Chunk.document_id, Chunk.ordinal)).all()
-        for _, group in groupby(rows, key=lambda r: r[1]):
-            yield list(group)
-
-
 def _documents_texts(s, document_ids: list[int], window: int) -> dict[int, str]:  # type: ignore[no-untyped-def]
     """chunk id → lexical text (title, headings, the chunk in its window) for the chunks of these documents."""
     out: dict[int, str] = {}
-    for doc in _document_rows(s, document_ids):
+    for doc in repo.lexical_rows_by_document(s, document_ids):
         texts = lexical_texts([(r[2], r[3], r[4]) for r in doc], window, doc[0][6], [r[5] or () for r in doc])
         out.update((int(r[0]), t) for r, t in zip(doc, texts))
     return out
@@ -278,7 +259,7 @@ def _documents_terms(s, document_ids: list[int], window: int, tokenizer: Tokeniz
     """chunk id → the terms of its lexical text (`_documents_texts`, tokenized: `Tokenizer.window_terms`) for the
     chunks of these documents (only those in `only` when given)."""
     out: dict[int, list[str]] = {}
-    for doc in _document_rows(s, document_ids):
+    for doc in repo.lexical_rows_by_document(s, document_ids):
         if only is not None and not any(int(r[0]) in only for r in doc):
             continue
         terms = tokenizer.window_terms([(r[2], r[3], r[4]) for r in doc], window, doc[0][6],
@@ -291,7 +272,7 @@ def _documents_terms(s, document_ids: list[int], window: int, tokenizer: Tokeniz
 
 def _collection_texts(s, collection_id: int, window: int = 0) -> tuple[list[int], list[str]]:  # type: ignore[no-untyped-def]
     """All (chunk ids, lexical texts) of a collection, in id order."""
-    texts = _documents_texts(s, _collection_documents(s, collection_id), window)
+    texts = _documents_texts(s, repo.collection_document_ids(s, collection_id), window)
     ids = sorted(texts)
     return ids, [texts[c] for c in ids]
 
@@ -299,23 +280,15 @@ def _collection_texts(s, collection_id: int, window: int = 0) -> tuple[list[int]
 def _collection_terms(s, collection_id: int, window: int,  # type: ignore[no-untyped-def]
                       tokenizer: Tokenizer) -> tuple[list[int], list[list[str]]]:
     """All (chunk ids, lexical terms) of a collection, in id order."""
-    terms = _documents_terms(s, _collection_documents(s, collection_id), window, tokenizer)
+    terms = _documents_terms(s, repo.collection_document_ids(s, collection_id), window, tokenizer)
     ids = sorted(terms)
     return ids, [terms[c] for c in ids]
-
-
-def _collection_documents(s, collection_id: int) -> list[int]:  # type: ignore[no-untyped-def]
-    return [int(d) for d in s.scalars(select(Document.id).where(Document.collection_id == collection_id)
-                                      .order_by(Document.id))]
 
 
 def _lexical_rows(s, chunk_ids: list[int], window: int,  # type: ignore[no-untyped-def]
                   tokenizer: Tokenizer) -> tuple[list[int], list[list[str]]]:
     """(chunk ids, lexical terms) of the given chunks that exist, in the given order."""
-    docs: set[int] = set()
-    for i in range(0, len(chunk_ids), repo.IN_BATCH):
-        docs.update(int(d) for d in s.scalars(select(Chunk.document_id)
-                                              .where(Chunk.id.in_(chunk_ids[i:i + repo.IN_BATCH]))))
+    docs = set(repo.document_ids_of(s, chunk_ids).values())
     found = _documents_terms(s, sorted(docs), window, tokenizer, only=set(chunk_ids))
     ids = [c for c in dict.fromkeys(chunk_ids) if c in found]
     return ids, [found[c] for c in ids]

@@ -357,7 +357,7 @@ def test_chunk_rows_get_their_own_vectors_and_ids(tmp_path: Path, make_ctx, requ
     """Chunks are inserted many rows per statement (INSERT ... RETURNING) or, on a database without RETURNING on
     multi-row inserts (SQLite < 3.35), row by row: either way every row holds its own text's vector and the
     index holds exactly the rows' ids."""
-    from ctxqa.ingest import pipeline
+    from ctxqa.rag.db import repo
     from ctxqa.rag.index.chunk_text import embedding_text
 
     db_url = f"sqlite:///{tmp_path / 'ctxqa.db'}" if db == "sqlite" else request.getfixturevalue("pg_url")
@@ -370,7 +370,7 @@ def test_chunk_rows_get_their_own_vectors_and_ids(tmp_path: Path, make_ctx, requ
         def no_bulk(*a, **k):  # type: ignore[no-untyped-def]
             raise AssertionError("the multi-row INSERT ... RETURNING path ran on a database without it")
 
-        monkeypatch.setattr(pipeline, "insert", no_bulk)
+        monkeypatch.setattr(repo, "insert", no_bulk)
     root = tmp_path / "docs"
     root.mkdir()
     for i in range(6):
