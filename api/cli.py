@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -65,8 +65,8 @@ def _serve(app_factory: str, host: str | None, port: int | None, workers: int, l
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option("--name", help="A unique name (shown in logs and the answer log).")],
-    collection: Annotated[list[str], typer.Option("--collection", "-c",
-                                                   help="Limit the key to this collection (repeatable).")] = [],
+    collection: Annotated[Optional[list[str]], typer.Option(
+        "--collection", "-c", help="Limit the key to this collection (repeatable).")] = None,
     admin: Annotated[bool, typer.Option("--admin", help="May delete collections; sees everything.")] = False,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -78,7 +78,7 @@ def keys_create(
         raise typer.Exit(2)
     try:
         with _db().session() as s:
-            key = create_key(s, name, collections=list(collection), admin=admin)
+            key = create_key(s, name, collections=list(collection or []), admin=admin)
     except ApiKeyError as e:
         err.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
@@ -97,7 +97,7 @@ def keys_list(json_out: Annotated[bool, typer.Option("--json")] = False) -> None
     from ctxqa.api.keys import list_keys
 
     with _db().session() as s:
-        rows = [{"name": k.name, "prefix": k.prefix, "admin": k.admin, "collections": list(k.collections or []),
+        rows: list[dict[str, Any]] = [{"name": k.name, "prefix": k.prefix, "admin": k.admin, "collections": list(k.collections or []),
                  "created_at": k.created_at.isoformat() if k.created_at else None,
                  "last_used_at": k.last_used_at.isoformat() if k.last_used_at else None,
                  "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None} for k in list_keys(s)]

@@ -19,7 +19,8 @@ from ctxqa.rag.config import Settings
 
 
 def get_state(request: Request) -> AppState:
-    return request.app.state.ctxqa  # type: ignore[no-any-return]
+    state: AppState = request.app.state.ctxqa
+    return state
 
 
 def get_settings(state: Annotated[AppState, Depends(get_state)]) -> Settings:

@@ -66,8 +66,8 @@ def library_error(exc: BaseException, field: str | None = None) -> ApiError:
         details = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or where}: {e['msg']}" for e in exc.errors())
         return ApiError(422, "validation_error", f"{where}: {details}", field=where)
     if isinstance(exc, InvalidInput):  # the core names the option at fault
-        where = exc.field or field
-        return ApiError(422, "validation_error", f"{where + ': ' if where else ''}{exc}", field=where)
+        named = exc.field or field
+        return ApiError(422, "validation_error", f"{named + ': ' if named else ''}{exc}", field=named)
     if isinstance(exc, ValueError):
         return ApiError(422, "validation_error", f"{field + ': ' if field else ''}{exc}", field=field)
     return ApiError(500, "internal_error", "internal server error")

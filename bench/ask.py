@@ -21,8 +21,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ctxqa.rag.config import Settings  # noqa: E402
 from ctxqa.context import Context  # noqa: E402
+from ctxqa.rag.config import Settings  # noqa: E402
 
 QUESTIONS = [
     "How do I declare an optional query parameter?",

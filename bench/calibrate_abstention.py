@@ -38,8 +38,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from sqlalchemy import select  # noqa: E402
 
-from ctxqa.rag.config import Settings  # noqa: E402
 from ctxqa.context import Context  # noqa: E402
+from ctxqa.rag.config import Settings  # noqa: E402
 from ctxqa.rag.db import repo  # noqa: E402
 from ctxqa.rag.db.models import Chunk, Collection, Document  # noqa: E402
 

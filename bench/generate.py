@@ -28,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ctxqa.rag.config import Settings  # noqa: E402
-from ctxqa.rag.generate import Completion, GenParams, Generator, load_generator  # noqa: E402
+from ctxqa.rag.generate import Completion, Generator, GenParams, load_generator  # noqa: E402
 
 FILLER = (
     "The river that crossed the valley was clear and cold, and it came down from the mountains where the snow "

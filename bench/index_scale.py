@@ -114,7 +114,7 @@ def run(kind: str, n: int, nq: int, dim: int, types: list[str]) -> dict:
         t = time.perf_counter()
         idx = VectorIndex.build(dim, "flat", ids[:size], x[:size])
         build = time.perf_counter() - t
-        lat, found = time_queries(lambda v: idx.search(v[None, :], 10)[1][0], q)
+        lat, found = time_queries(lambda v, idx=idx: idx.search(v[None, :], 10)[1][0], q)
         row = {"n": size, "build_s": build, "p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95),
                "rss_mb": rss_mb() - r0}
         res["flat_prefix"].append(row)
@@ -139,7 +139,7 @@ def run(kind: str, n: int, nq: int, dim: int, types: list[str]) -> dict:
         sweep = []
         for ef in (16, 32, 64, 128, 256, 512):
             idx.params.hnsw_ef_search = ef
-            lat, found = time_queries(lambda v: idx.search(v[None, :], 10)[1][0], q)
+            lat, found = time_queries(lambda v, idx=idx: idx.search(v[None, :], 10)[1][0], q)
             row = {"param": f"efSearch={ef}", "p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95),
                    "recall10": recall_at_10(found, truth)}
             sweep.append(row)
@@ -160,7 +160,7 @@ def run(kind: str, n: int, nq: int, dim: int, types: list[str]) -> dict:
         sweep = []
         for nprobe in (8, 16, 32, 64, 128):
             idx.params.ivf_nprobe = nprobe
-            lat, found = time_queries(lambda v: idx.search(v[None, :], 10)[1][0], q)
+            lat, found = time_queries(lambda v, idx=idx: idx.search(v[None, :], 10)[1][0], q)
             row = {"param": f"nprobe={nprobe}", "p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95),
                    "recall10": recall_at_10(found, truth)}
             sweep.append(row)

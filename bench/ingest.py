@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench"))  # after the project: bench/ingest.py must not shadow the ingest package
 from _child import emit, run_child  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RESULTS = ROOT / "bench" / "results"
@@ -87,10 +88,10 @@ def write_scifact(jsonl: Path, out: Path) -> int:
 def run_one(corpus: str, backend: str, threads: int | None, profile: bool, alone_sample: int = 0) -> dict:
     from sqlalchemy import select
 
-    from ctxqa.rag.config import Settings
     from ctxqa.context import Context
-    from ctxqa.rag.index.chunk_text import embedding_text
+    from ctxqa.rag.config import Settings
     from ctxqa.rag.db.models import Chunk, Document
+    from ctxqa.rag.index.chunk_text import embedding_text
 
     with tempfile.TemporaryDirectory(prefix=f"ctxqa-bench-{corpus}-") as tmp:
         src = CORPORA[corpus]

@@ -50,9 +50,9 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from ctxqa.ingest.chunk import chunk
-    from ctxqa.rag.index.chunk_text import lexical_texts
     from ctxqa.rag.config import Settings
     from ctxqa.rag.embed.embedder import resolve_embedding_model
+    from ctxqa.rag.index.chunk_text import lexical_texts
     from ctxqa.rag.index.lexical import Tokenizer
 
     settings = Settings()

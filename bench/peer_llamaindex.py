@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.append(str(ROOT / "bench"))  # after the project: bench/ingest.py must not shadow the ingest package
 from _child import emit, run_child  # noqa: E402  (standard library only: fine in .venv-peer)
+
 SHARED = Path(os.environ.get("CTXQA_SHARED", ROOT.parent / "shared")) / "data"
 CORPORA = {
     "fastapi-docs": SHARED / "corpora" / "fastapi-docs",

@@ -42,15 +42,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from ctxqa.rag.index.chunk_text import embedding_text  # noqa: E402
 from ctxqa.rag.config import Settings  # noqa: E402
 from ctxqa.rag.db import repo  # noqa: E402
 from ctxqa.rag.db.models import Chunk, Document  # noqa: E402
 from ctxqa.rag.db.session import Database  # noqa: E402
 from ctxqa.rag.embed.embedder import Embedder  # noqa: E402
+from ctxqa.rag.index.chunk_text import embedding_text  # noqa: E402
 from ctxqa.rag.index.lexical import LexicalIndex  # noqa: E402
-from ctxqa.rag.retrieve.retriever import Candidates, Retriever, fuse_rrf, fuse_weighted, rank_fused  # noqa: E402
 from ctxqa.rag.index.store import IndexStore, _collection_texts  # noqa: E402
+from ctxqa.rag.retrieve.retriever import Candidates, Retriever, fuse_rrf, fuse_weighted, rank_fused  # noqa: E402
 
 DATA = Path(os.environ.get("CTXQA_SHARED", ROOT.parent / "shared")) / "data" / "eval" / "scifact"
 RESULTS = ROOT / "bench" / "results"
@@ -222,7 +222,7 @@ class Runner:
         self.queries, self.qvecs = queries, qvecs
         self.dense: dict[str, Candidates] = {}
         self.lex: dict[str, Candidates] = {}
-        for q, text in queries.items():
+        for q in queries:
             sc, ids = vindex.search(qvecs[q][None, :], DEPTH)
             ok = ids[0] >= 0
             self.dense[q] = Candidates(ids[0][ok], sc[0][ok])
@@ -417,8 +417,8 @@ def main() -> None:
         runner.relex(lx)
         runner.lindex = lx
         record(f"lexical (BM25 k1={best_bm25[0]}, b={best_bm25[1]})", runner.run_single("lexical"))
-        record(f"hybrid RRF tuned + tuned BM25", runner.run_rrf(rk, wd, wl))
-        record(f"hybrid weighted tuned + tuned BM25", runner.run_weighted(best_w[1], 1.0 - best_w[1], {}))
+        record("hybrid RRF tuned + tuned BM25", runner.run_rrf(rk, wd, wl))
+        record("hybrid weighted tuned + tuned BM25", runner.run_weighted(best_w[1], 1.0 - best_w[1], {}))
         runner.relex(lindex)
         runner.lindex = lindex
 

@@ -57,7 +57,7 @@ def effective_limit(tokenizer: Any, size: int, max_tokens: int | None) -> int:
     return max(1, min(size, max_tokens - specials))
 
 
-_BACKENDS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+_BACKENDS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 _BACKENDS_LOCK = threading.Lock()
 
 
@@ -137,10 +137,8 @@ def _pieces(text: str) -> list[tuple[int, int]]:
         if b < n:
             cut = text.rfind("\n", a + _PIECE_CHARS // 2, b)
             if cut < 0:
-                m = None
-                for m in _WORD_RE.finditer(text, a + _PIECE_CHARS // 2, b):
-                    pass
-                cut = m.end() - 1 if m else b - 1
+                words = list(_WORD_RE.finditer(text, a + _PIECE_CHARS // 2, b))
+                cut = words[-1].end() - 1 if words else b - 1
             b = cut + 1
         out.append((a, b))
         a = b
@@ -419,8 +417,8 @@ def chunk(doc: LoadedDocument, tokenizer: Any, size: int, overlap: int,
             if (a == 0 or text[a - 1] in _BERT_SPACE) and (b == n_text or text[b] in _BERT_SPACE):
                 counts[i] = tokens.count(a, b)
     todo = [i for i, n in enumerate(counts) if n is None]
-    for i, n in zip(todo, _count_many(tokenizer, [text[trimmed[i][0]:trimmed[i][1]] for i in todo])):
-        counts[i] = n
+    for i, counted in zip(todo, _count_many(tokenizer, [text[trimmed[i][0]:trimmed[i][1]] for i in todo])):
+        counts[i] = counted
     for (a, b), n in zip(trimmed, counts):
         assert n is not None
         if n <= limit:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +42,16 @@ def _gitignore(dirpath: Path) -> pathspec.PathSpec | None:
         return None
 
 
-def discover(paths: Sequence[Path], suffixes: Sequence[str], *, include: Sequence[str] = (),
+def _ignored(specs: list[tuple[Path, pathspec.PathSpec]], p: Path, is_dir: bool) -> bool:
+    """Whether a .gitignore in effect for `p` excludes it."""
+    for d, sp in specs:
+        rel = p.relative_to(d).as_posix() + ("/" if is_dir else "")
+        if sp.match_file(rel):
+            return True
+    return False
+
+
+def discover(paths: Sequence[Path], suffixes: Collection[str], *, include: Sequence[str] = (),
              exclude: Sequence[str] = ()) -> Iterator[Found | Problem]:
     """Yield every file to ingest, in a stable order, or a Problem for a path that cannot be walked."""
     for raw in paths:
@@ -65,21 +74,14 @@ def discover(paths: Sequence[Path], suffixes: Sequence[str], *, include: Sequenc
             specs = [(d, sp) for d, sp in specs if d == dirpath or d in dirpath.parents]
             if spec is not None:
                 specs.append((dirpath, spec))
-
-            def ignored(p: Path, is_dir: bool) -> bool:
-                for d, sp in specs:
-                    rel = p.relative_to(d).as_posix() + ("/" if is_dir else "")
-                    if sp.match_file(rel):
-                        return True
-                return False
-
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not ignored(dirpath / d, True))
+            dirnames[:] = sorted(d for d in dirnames
+                                 if not d.startswith(".") and not _ignored(specs, dirpath / d, True))
             for name in sorted(filenames):
                 if name.startswith(".") or name.endswith(SIDECAR_SUFFIX):
                     continue
                 fp = dirpath / name
                 rel = fp.relative_to(path).as_posix()
-                if ignored(fp, False):
+                if _ignored(specs, fp, False):
                     continue
                 if include and not _matches(rel, include):
                     continue

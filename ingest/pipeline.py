@@ -23,10 +23,10 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +35,12 @@ import numpy as np
 from ctxqa.ingest.chunk import chunk as chunk_document
 from ctxqa.ingest.discover import SIDECAR_SUFFIX, Found, Problem, discover
 from ctxqa.ingest.loaders import SUPPORTED_SUFFIXES, LoadError, load
-from ctxqa.rag.index.chunk_text import embedding_text
 from ctxqa.rag.config import Settings
 from ctxqa.rag.db import repo
 from ctxqa.rag.db.models import Chunk, Collection, Document
 from ctxqa.rag.db.session import Database
 from ctxqa.rag.embed.embedder import Embedder
+from ctxqa.rag.index.chunk_text import embedding_text
 from ctxqa.rag.index.store import IndexStore
 from ctxqa.rag.types import ChunkSpec, LoadedDocument
 
@@ -186,7 +186,7 @@ def _json_safe(meta: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(meta, default=str))
 
 
-def _title(prep: "_Prepared") -> str:
+def _title(prep: _Prepared) -> str:
     """The document title recorded (and cited): the loader's, the metadata's, else the file name."""
     assert prep.doc is not None
     d = prep.doc
@@ -380,7 +380,7 @@ class Ingestor:
 
     # -- preparation (worker thread) -----------------------------------------------------------------------
     def _prepare_all(self, todo: list[Found], existing: dict[str, Document], meta: dict[str, Any],
-                     password: str | None, chunk_limit: int) -> Iterator[tuple[_Prepared, bool]]:
+                     password: str | None, chunk_limit: int) -> Generator[tuple[_Prepared, bool], None, None]:
         """Load+chunk files in a worker thread, ahead of the consumer by up to `chunk_limit` chunks (at least one
         file, at most `_AHEAD_MAX_FILES`): a group of small files (SciFact abstracts) is ready by the time the
         previous one is embedded, and a few big PDFs do not pile up in memory. Yields each prepared file with
@@ -444,8 +444,8 @@ class Ingestor:
             sha = _sha256(f.path)
         except OSError as e:
             err = LoadError(f.path, "unreadable", f"cannot read it ({e.strerror})")
-            return _Prepared(f, "", 0, datetime.now(timezone.utc), {}, error=err)
-        prep = _Prepared(f, sha, st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc), {})
+            return _Prepared(f, "", 0, datetime.now(UTC), {}, error=err)
+        prep = _Prepared(f, sha, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC), {})
         try:
             side = _sidecar(f.path)
         except LoadError as e:
@@ -561,8 +561,8 @@ class Ingestor:
             s.flush()  # one flush for the group: new documents get their ids (batched INSERT ... RETURNING)
             new_rows: list[dict[str, Any]] = []
             for prep, doc, status in docs:
+                assert prep.doc is not None
                 d = prep.doc
-                assert d is not None
                 prev = old_rows.get(doc.id, {})
                 keep: dict[int, Chunk] = {}
                 for sp in prep.specs:
@@ -571,7 +571,7 @@ class Ingestor:
                         keep[sp.ordinal] = c
                 remove_ids.extend(c.id for o, c in prev.items() if o not in keep)
                 for sp in prep.specs:
-                    fields = dict(char_start=sp.char_start, char_end=sp.char_end, page_start=sp.page_start,
+                    fields: dict[str, Any] = dict(char_start=sp.char_start, char_end=sp.char_end, page_start=sp.page_start,
                                   page_end=sp.page_end, heading_path=list(sp.heading_path),
                                   token_count=sp.token_count, meta={})
                     if sp.ordinal in keep:  # same ordinal and text: keep the row, its id and its vector

@@ -14,7 +14,6 @@ Upload safety (api/uploads.py):
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -44,8 +43,7 @@ MAX_ID = 2**31 - 1
 
 def _ingest(state: AppState, paths: list[Path], sources: dict[Path, str], collection: str,
             meta: dict[str, Any]) -> Any:
-    lock: threading.Lock = state.ingest_lock
-    with lock:  # one writer at a time: ingestion updates the collection's generation and index
+    with state.ingest_lock:  # one writer at a time: ingestion updates the collection's generation and index
         return state.services.ingestor.ingest(paths, collection=collection, meta=meta, sources=sources)
 
 

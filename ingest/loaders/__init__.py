@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ctxqa.rag.types import LoadedDocument
-
 from ctxqa.ingest.loaders import html, markdown, pdf, text
 from ctxqa.ingest.loaders.base import REASONS, Loader, LoadError, check_readable
+from ctxqa.rag.types import LoadedDocument
 
 __all__ = ["LOADERS", "REASONS", "SUPPORTED_SUFFIXES", "LoadError", "Loader", "load", "loader_for", "sniff"]
 

@@ -51,7 +51,7 @@ class LoadError(Exception):
         self.message = message
         super().__init__(message)
 
-    def __reduce__(self):  # picklable across process pools
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable across process pools
         return (type(self), (self.path, self.reason, self.detail, self.hint))
 
 
@@ -151,8 +151,8 @@ def decode_text(data: bytes, declared: str | None = None) -> tuple[str, str]:
     """
     bom = sniff_bom(data)
     if bom:
-        enc, n = bom
-        return data[n:].decode(enc, errors="replace"), enc
+        bom_enc, n = bom
+        return data[n:].decode(bom_enc, errors="replace"), bom_enc
     if declared:
         text = _try(data, declared)
         if text is not None:
@@ -165,7 +165,7 @@ def decode_text(data: bytes, declared: str | None = None) -> tuple[str, str]:
     text = _try(data, "utf-8")
     if text is not None:
         return text, "utf-8"
-    enc = None
+    enc: str | None = None
     try:
         from charset_normalizer import from_bytes
 
@@ -212,7 +212,7 @@ def normalize_text(text: str, *, collapse_spaces: bool = False, max_blank_lines:
         text = _HSPACE_RUN_RE.sub(" ", text)
     text = _TRAILING_SPACE_RE.sub("\n", text)
     if max_blank_lines >= 0:
-        text = re.sub(r"\n{%d,}" % (max_blank_lines + 2), "\n" * (max_blank_lines + 1), text)
+        text = re.sub(rf"\n{{{max_blank_lines + 2},}}", "\n" * (max_blank_lines + 1), text)
     return text
 
 

@@ -13,8 +13,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ctxqa.rag.types import LoadedDocument
-
 from ctxqa.ingest.loaders.base import (
     LoadError,
     clean_inline,
@@ -25,6 +23,7 @@ from ctxqa.ingest.loaders.base import (
     sniff_utf16_without_bom,
 )
 from ctxqa.ingest.loaders.markdown import build_sections
+from ctxqa.rag.types import LoadedDocument
 
 SUFFIXES = (".html", ".htm", ".xhtml")
 
@@ -204,7 +203,7 @@ _CURRENCY = {"$", "€", "£", "¥", "US$", "C$", "A$"}
 _INLINE_CELL_MAX = 2000  # a cell with more text than this (or a nested table) is a layout cell: keep its blocks
 
 
-def _walk(root, builder: _TextBuilder, headings: list[tuple[int, int, str]]) -> None:
+def _walk(root: Any, builder: _TextBuilder, headings: list[tuple[int, int, str]]) -> None:
     """Depth-first traversal with explicit enter/exit events (no recursion: deep documents exist)."""
     # stack entries: (node, exiting, inline_cell)
     stack: list[tuple[Any, bool, bool]] = [(root, False, False)]
@@ -275,7 +274,7 @@ def _walk(root, builder: _TextBuilder, headings: list[tuple[int, int, str]]) -> 
             stack.append((child, False, False))
 
 
-def _metadata(tree) -> tuple[dict[str, Any], str | None]:
+def _metadata(tree: Any) -> tuple[dict[str, Any], str | None]:
     """(metadata, <title>) from the document head."""
     meta: dict[str, Any] = {}
     for node in tree.css("meta"):
@@ -312,7 +311,7 @@ def _metadata(tree) -> tuple[dict[str, Any], str | None]:
     return meta, (title or None)
 
 
-def _choose_root(tree):
+def _choose_root(tree: Any) -> Any:
     """<main> / a single <article> / [role=main] when it holds the bulk of the text, else <body>."""
     body = tree.body or tree.root
     body_len = len((body.text(deep=True) or "").strip()) if body is not None else 0

@@ -23,10 +23,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ctxqa.rag.types import LoadedDocument, Section
-
 from ctxqa.ingest.loaders.base import LoadError, clean_inline, iso_date, jsonable, normalize_text, read_bytes
 from ctxqa.ingest.loaders.text import decode_file
+from ctxqa.rag.types import LoadedDocument, Section
 
 SUFFIXES = (".md", ".markdown", ".mdown", ".mkd", ".mkdn")
 

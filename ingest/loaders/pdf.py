@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ctxqa.rag.types import LoadedDocument, PageSpan
-
 from ctxqa.ingest.loaders.base import LoadError, check_readable, clean_inline, iso_date, normalize_text
+from ctxqa.rag.types import LoadedDocument, PageSpan
 
 SUFFIXES = (".pdf",)
 PAGE_SEPARATOR = "\n\n"
@@ -99,7 +98,7 @@ def extract_pypdf(path: Path, password: str | None = None) -> Extracted:
             raise PasswordRequired("pypdf: password does not open the file")
     out = Extracted(pages=[], engine="pypdf")
     try:
-        info = reader.metadata or {}
+        info: Any = reader.metadata or {}
         out.info = {str(k).lstrip("/"): str(v) for k, v in info.items() if v is not None}
     except Exception as e:  # noqa: BLE001 - metadata is optional
         out.warnings.append(f"unreadable PDF info ({type(e).__name__})")

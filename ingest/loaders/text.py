@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ctxqa.ingest.loaders.base import (
+    LoadError,
+    decode_text,
+    looks_binary,
+    normalize_text,
+    read_bytes,
+    sniff_bom,
+    sniff_utf16_without_bom,
+)
 from ctxqa.rag.types import LoadedDocument
-
-from ctxqa.ingest.loaders.base import LoadError, decode_text, looks_binary, normalize_text, read_bytes, sniff_bom, sniff_utf16_without_bom
 
 SUFFIXES = (".txt", ".text", ".rst", ".csv", ".tsv", ".log", ".adoc", ".asciidoc", ".org", ".json", ".jsonl",
             ".yaml", ".yml")

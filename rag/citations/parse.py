@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ctxqa.rag.citations.keys import KNOWN_KEYS, IDENTIFYING_KEYS, REF_RE, URL_RE, canonical_key, strip_md
+from ctxqa.rag.citations.keys import IDENTIFYING_KEYS, KNOWN_KEYS, REF_RE, URL_RE, canonical_key, strip_md
 
 
 @dataclass

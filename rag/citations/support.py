@@ -11,6 +11,7 @@ from ctxqa.rag.citations.blocks import block_of, citation_for
 from ctxqa.rag.text import content_tokens, sentences
 from ctxqa.rag.types import Block, Citation
 
+
 def block_tokens(block: Block) -> set[str]:
     # The metadata counts as evidence too ("Who wrote it?" -> the author value), the block ref does not.
     meta = " ".join(v for k, v in block.context.items() if k != "block")

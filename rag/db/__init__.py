@@ -3,7 +3,7 @@
 Alembic (migrations/) owns the schema; `models.py` mirrors it for the ORM.
 """
 
-from ctxqa.rag.db.models import ApiKey, AnswerLog, Base, Chunk, Collection, Document
+from ctxqa.rag.db.models import AnswerLog, ApiKey, Base, Chunk, Collection, Document
 from ctxqa.rag.db.session import Database
 
 __all__ = ["ApiKey", "AnswerLog", "Base", "Chunk", "Collection", "Database", "Document"]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from itertools import groupby
 from datetime import datetime
+from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import Row, delete, func, insert, select, text, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from ctxqa.rag.db.models import AnswerLog, ApiKey, Chunk, Collection, Document, utcnow
@@ -132,7 +132,7 @@ def delete_chunks(s: Session, chunk_ids: Sequence[int]) -> None:
     """Delete chunks by id (any number of them). A table-level DELETE: the session's objects are not looked up."""
     ids = list(chunk_ids)
     for i in range(0, len(ids), IN_BATCH):
-        s.execute(Chunk.__table__.delete().where(Chunk.id.in_(ids[i:i + IN_BATCH])))
+        s.execute(delete(Chunk).where(Chunk.id.in_(ids[i:i + IN_BATCH])).execution_options(synchronize_session=False))
 
 
 def delete_documents(s: Session, documents: Sequence[Document]) -> list[int]:
@@ -317,7 +317,7 @@ LEXICAL_COLUMNS = (Chunk.id, Chunk.document_id, Chunk.text, Chunk.char_start, Ch
                    Document.title)
 
 
-def lexical_rows_by_document(s: Session, document_ids: Sequence[int]) -> Iterator[list[Row[Any]]]:
+def lexical_rows_by_document(s: Session, document_ids: Sequence[int]) -> Iterator[list[Any]]:
     """Each document's `LEXICAL_COLUMNS` rows, in ordinal order, one list per document."""
     ids = list(document_ids)
     for i in range(0, len(ids), 500):

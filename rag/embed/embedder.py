@@ -36,7 +36,7 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -224,7 +224,7 @@ class Embedder:
                                                             for e in tk.encode_batch(calibration_texts())],
                                        mode="throughput")
             return
-        precision = "int8" if backend == "onnx-int8" else "fp32"
+        precision: Literal["fp32", "int8"] = "int8" if backend == "onnx-int8" else "fp32"
         path = ensure_exported(self.path, precision, cache, threads)
         self._onnx = OnnxEncoder(path, threads=threads)
         if precision == "int8" and self.small_call_texts > 0:

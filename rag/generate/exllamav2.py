@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ctxqa.rag.generate.base import Completion, FinishReason, GeneratorError, GenParams, Generator, StopFilter
+from ctxqa.rag.generate.base import Completion, FinishReason, Generator, GeneratorError, GenParams, StopFilter
 
 log = logging.getLogger(__name__)
 
@@ -290,8 +290,8 @@ class ExLlamaV2Generator(Generator):
             except queue.Empty:
                 pass
             if any(r is None for r in new):  # close() sentinel: answer everyone, then stop
-                for req in [*active.values(), *(r for r in new if r is not None)]:
-                    req.out.put(("cancelled", None))
+                for waiting in [*active.values(), *(r for r in new if r is not None)]:
+                    waiting.out.put(("cancelled", None))
                 gen.clear_queue()
                 return
             for req in new:
@@ -316,25 +316,25 @@ class ExLlamaV2Generator(Generator):
                 results = gen.iterate()
             except Exception as exc:  # a CUDA error poisons every job in flight; fail them, keep serving
                 log.exception("ExLlamaV2 iterate() failed")
-                for req in active.values():
-                    req.out.put(("error", exc))
+                for failed in active.values():
+                    failed.out.put(("error", exc))
                 active.clear()
                 gen.clear_queue()
                 continue
             for r in results:
-                req = active.get(id(r["job"]))
-                if req is None or r["stage"] != "streaming":
+                streaming = active.get(id(r["job"]))
+                if streaming is None or r["stage"] != "streaming":
                     continue
                 ids = r.get("token_ids")
                 if ids is not None:
-                    req.token_ids.extend(int(t) for t in ids.flatten().tolist())
+                    streaming.token_ids.extend(int(t) for t in ids.flatten().tolist())
                 if r.get("text"):
-                    req.out.put(("text", r["text"]))
+                    streaming.out.put(("text", r["text"]))
                 if r["eos"]:
                     if r.get("eos_reason") == "stop_token":
-                        self._emit_held(req, r)
+                        self._emit_held(streaming, r)
                     del active[id(r["job"])]
-                    req.out.put(("done", r))
+                    streaming.out.put(("done", r))
 
     def _emit_held(self, req: _Request, r: dict[str, Any]) -> None:
         """On EOS, exllamav2 puts text it was still holding (an unfinished stop-string prefix, say) under "held"

@@ -52,8 +52,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ctxqa.rag.index.chunk_text import header_parts, lexical_texts, window_text
 from ctxqa.rag.files import atomic_write
+from ctxqa.rag.index.chunk_text import header_parts, lexical_texts, window_text
 from ctxqa.rag.index.vector import meta_path_for
 
 DEAD_COMPACT_FRACTION = 0.2
@@ -261,7 +261,7 @@ class LexicalIndex:
     @classmethod
     def build(cls, ids: Sequence[int] | np.ndarray, texts: Sequence[str] | None = None, k1: float = 1.2,
               b: float = 0.75, tokenizer: Tokenizer | None = None, window: int = 0, *,
-              terms: Sequence[list[str]] | None = None) -> "LexicalIndex":
+              terms: Sequence[list[str]] | None = None) -> LexicalIndex:
         """An index of `texts`, or of texts already tokenized by `tokenizer` (`terms`)."""
         idx = cls(k1, b, tokenizer, window)
         if terms is not None:
@@ -490,7 +490,7 @@ class LexicalIndex:
 
     @classmethod
     def load(cls, path: Path, k1: float = 1.2, b: float = 0.75, tokenizer: Tokenizer | None = None,
-             window: int = 0) -> "LexicalIndex | None":
+             window: int = 0) -> LexicalIndex | None:
         """The saved index, or None when missing, inconsistent, or saved with other BM25 parameters, another
         tokenizer or another window (then the caller rebuilds from the database)."""
         meta_path = meta_path_for(path)

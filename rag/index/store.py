@@ -24,9 +24,16 @@ from ctxqa.rag.config import Settings
 from ctxqa.rag.db import repo
 from ctxqa.rag.db.models import Collection
 from ctxqa.rag.db.session import Database
-from ctxqa.rag.index.vector import IVF_MIN_VECTORS, IndexParams, VectorIndex, choose_index_type, ivf_needs_retrain, meta_path_for
 from ctxqa.rag.index.chunk_text import lexical_texts
 from ctxqa.rag.index.lexical import LexicalIndex, Tokenizer
+from ctxqa.rag.index.vector import (
+    IVF_MIN_VECTORS,
+    IndexParams,
+    VectorIndex,
+    choose_index_type,
+    ivf_needs_retrain,
+    meta_path_for,
+)
 
 
 @dataclass

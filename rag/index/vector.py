@@ -72,7 +72,7 @@ def _ivf_nlist(n: int) -> int:
     return max(1, min(int(4 * math.sqrt(max(n, 1))), IVF_MAX_LISTS, n // 39 or 1))
 
 
-def ivf_needs_retrain(index: "VectorIndex") -> bool:
+def ivf_needs_retrain(index: VectorIndex) -> bool:
     """An IVF index trained when the collection was much smaller has too few lists for it now."""
     if index.index_type != "ivf" or index._index is None:
         return False
@@ -127,7 +127,7 @@ class VectorIndex:
 
     @classmethod
     def build(cls, dim: int, index_type: str, ids: np.ndarray, vecs: np.ndarray,
-              params: IndexParams | None = None) -> "VectorIndex":
+              params: IndexParams | None = None) -> VectorIndex:
         idx = cls(dim, index_type, params)
         idx.add(ids, vecs)
         return idx
@@ -337,7 +337,7 @@ class VectorIndex:
             self.generation = generation
 
     @classmethod
-    def load(cls, path: Path, params: IndexParams | None = None) -> "VectorIndex | None":
+    def load(cls, path: Path, params: IndexParams | None = None) -> VectorIndex | None:
         """The saved index, or None when missing or inconsistent (then the caller rebuilds)."""
         meta_path = meta_path_for(path)
         if not path.exists() or not meta_path.exists():

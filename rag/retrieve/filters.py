@@ -27,7 +27,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
-
 class Filters(BaseModel):
     """Conditions a hit's document must meet (all of them)."""
 
@@ -62,13 +61,13 @@ class Filters(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _range(self) -> "Filters":
+    def _range(self) -> Filters:
         if self.date_from and self.date_to and self.date_from > self.date_to:
             raise ValueError(f"date_from ({self.date_from}) is after date_to ({self.date_to})")
         return self
 
     @classmethod
-    def coerce(cls, value: "Filters | dict[str, Any] | None") -> "Filters | None":
+    def coerce(cls, value: Filters | dict[str, Any] | None) -> Filters | None:
         """Accept a Filters, a plain dict (the API passes JSON as given; invalid → pydantic ValidationError)
         or None. An empty filter is None."""
         if value is None:

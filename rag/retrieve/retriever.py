@@ -249,8 +249,8 @@ class Retriever:
             for rank, cid in enumerate(cand.ids.tolist(), start=1):
                 evidence[cid][f"{name}_rank"] = float(rank)
         if opts.mode in ("dense", "lexical"):
-            cand = lists.get(opts.mode)
-            return [] if cand is None else [(int(c), float(v)) for c, v in zip(cand.ids, cand.scores)]
+            single = lists.get(opts.mode)
+            return [] if single is None else [(int(c), float(v)) for c, v in zip(single.ids, single.scores)]
         if opts.fusion == "rrf":
             ranked = rank_fused(fuse_rrf(lists, opts.weights, self.settings.rrf_k))
         else:
@@ -328,18 +328,18 @@ class Retriever:
         for dist in range(1, window + 1):  # nearest first, best-ranked hit first
             for h in hits:
                 for o in (h.ordinal - dist, h.ordinal + dist):
-                    n = rows.get((h.document_id, o))
-                    if n is None or n.chunk_id in have:
+                    found = rows.get((h.document_id, o))
+                    if found is None or found.chunk_id in have:
                         continue
                     if budget_tokens is not None:
-                        cost = count(n.text)
+                        cost = count(found.text)
                         if used + cost > budget_tokens:
                             continue
                         used += cost
-                    have.add(n.chunk_id)
-                    n.score = h.score
-                    n.scores = {"neighbour_of": float(h.chunk_id)}
-                    added[h.chunk_id].append(n)
+                    have.add(found.chunk_id)
+                    found.score = h.score
+                    found.scores = {"neighbour_of": float(h.chunk_id)}
+                    added[h.chunk_id].append(found)
         out: list[Hit] = []
         for h in hits:
             group = sorted([h, *added[h.chunk_id]], key=lambda x: x.ordinal)

@@ -235,8 +235,8 @@ def corpus(server: Server) -> dict[str, Any]:
             r = c.post("/v1/documents", files=[("files", (p.name, p.read_bytes(), "text/markdown")) for p in docs])
         else:  # the shared corpus is not here: a small stand-in with the same topic
             r = c.post("/v1/documents", files=[("files", ("query-params.md", (
-                "# Query Parameters\n\nWhen you declare other function parameters that are not part of the path "
-                "parameters, they are automatically interpreted as query parameters.\n").encode(), "text/markdown"))])
+                b"# Query Parameters\n\nWhen you declare other function parameters that are not part of the path "
+                b"parameters, they are automatically interpreted as query parameters.\n"), "text/markdown"))])
         assert r.status_code == 200, r.text
         assert all(x["status"] == "added" for x in r.json()["results"]), r.text
         upload = r.json()
@@ -250,7 +250,7 @@ def raw_multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "c
     for name, filename, data in parts:
         out += f"--{boundary}\r\n".encode()
         disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
-        out += f"Content-Disposition: {disp}\r\n".encode("utf-8")
+        out += f"Content-Disposition: {disp}\r\n".encode()
         if filename is not None:
             out += b"Content-Type: application/octet-stream\r\n"
         out += b"\r\n" + data + b"\r\n"

@@ -171,7 +171,7 @@ def test_chunking_throughput(chunked) -> None:  # type: ignore[no-untyped-def]
 def test_overlap_present(tok, chunked) -> None:  # type: ignore[no-untyped-def]
     out, _, _ = chunked
     pairs = overlapping = 0
-    for _, doc, chunks in out:
+    for _, _doc, chunks in out:
         for a, b in zip(chunks, chunks[1:]):
             if a.heading_path == b.heading_path and a.char_end - a.char_start > 200:
                 pairs += 1

@@ -572,7 +572,7 @@ def test_html_metadata_and_main(tmp_path: Path) -> None:
 def test_html_utf8_mislabelled_and_bom(tmp_path: Path) -> None:
     f = tmp_path / "m.html"
     f.write_bytes("<meta http-equiv='Content-Type' content='text/html; charset=ISO-8859-1'><p>naïve café</p>"
-                  .encode("utf-8"))
+                  .encode())
     assert load(f).text == "naïve café"
     g = tmp_path / "b.htm"
     g.write_bytes(b"\xef\xbb\xbf<p>caf\xc3\xa9</p>")

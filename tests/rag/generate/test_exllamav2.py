@@ -326,7 +326,7 @@ class FakeSettings:
         self.kwargs = kwargs
 
     @staticmethod
-    def greedy() -> "FakeSettings":
+    def greedy() -> FakeSettings:
         return FakeSettings(greedy=True)
 
 

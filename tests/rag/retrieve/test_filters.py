@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import pytest
 from pydantic import ValidationError
 
 from ctxqa.rag.db import repo
 from ctxqa.rag.db.models import Chunk, Document
-from ctxqa.rag.db.session import Database
 from ctxqa.rag.db.repo import allowed_chunk_ids, allowed_document_ids
+from ctxqa.rag.db.session import Database
 from ctxqa.rag.retrieve.filters import Filters, document_date, value_matches
 
 
@@ -53,7 +53,7 @@ def test_matches() -> None:
 
 
 def test_document_date() -> None:
-    mtime = datetime(2019, 3, 4, 12, tzinfo=timezone.utc)
+    mtime = datetime(2019, 3, 4, 12, tzinfo=UTC)
     assert document_date({"date": "2021-02-03"}, mtime) == date(2021, 2, 3)
     assert document_date({"date": "2021-02-03T10:00:00"}, None) == date(2021, 2, 3)
     assert document_date({"date": "2021-05"}, None) == date(2021, 5, 1)
@@ -84,7 +84,7 @@ def test_allowed_ids_from_the_database(tmp_path) -> None:  # type: ignore[no-unt
                  ("docs/a.md", {"lang": "en"}, "ingested", other.id)]
         for n, (source, meta, status, cid) in enumerate(specs):
             d = Document(collection_id=cid, source=source, sha256="0" * 64, media_type="text/plain", size=1,
-                         meta=meta, status=status, mtime=datetime(2020, 1, 1, tzinfo=timezone.utc))
+                         meta=meta, status=status, mtime=datetime(2020, 1, 1, tzinfo=UTC))
             s.add(d)
             s.flush()
             ids[(source, cid)] = d.id

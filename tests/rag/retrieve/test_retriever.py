@@ -6,7 +6,7 @@ Documents are inserted the way ingestion does it (one transaction that bumps the
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,8 @@ from sqlalchemy import select
 
 from ctxqa.rag.db import repo
 from ctxqa.rag.db.models import Chunk, Collection, Document
-from ctxqa.rag.retrieve.filters import Filters
 from ctxqa.rag.errors import InvalidInput
+from ctxqa.rag.retrieve.filters import Filters
 from ctxqa.rag.retrieve.retriever import DEFAULT_ABSTAIN_THRESHOLD, Retriever, mmr_select
 
 COLL = "t"
@@ -165,7 +165,7 @@ def test_filters_apply_before_truncation(make_ctx) -> None:  # type: ignore[no-u
             for i in range(40)]
     docs += [{"source": f"recipes/{i}.txt", "chunks": [f"Bread recipe {i}: flour, water, salt and yeast."],
               "meta": {"lang": "en" if i % 2 else "fr", "year": str(2000 + i)},
-              "mtime": datetime(2020, 1, 1 + i, tzinfo=timezone.utc)} for i in range(8)]
+              "mtime": datetime(2020, 1, 1 + i, tzinfo=UTC)} for i in range(8)]
     ids = add_documents(c, docs)
     r = c.retriever
     for mode in ("dense", "lexical", "hybrid"):
