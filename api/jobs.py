@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
@@ -22,13 +22,13 @@ from ctxqa.rag.answer import AnswerEvent, AskOptions
 from ctxqa.rag.db.models import AnswerLog
 from ctxqa.rag.retrieve.filters import Filters
 from ctxqa.rag.types import Answer
-from ctxqa.rag.views import CitationView
+from ctxqa.rag.views import CitationView, SentenceView
 
 log = logging.getLogger("ctxqa.api")
 
 
 def build_options(state: AppState, principal: Principal, questions: list[str], *, collection: str | None,
-                  top_k: int | None, mode: str | None, filters: Filters | None,
+                  top_k: int | None, retrieval: str | None, filters: Filters | None, mode: str | None,
                   max_new_tokens: int | None, temperature: float | None, question_field: str = "question",
                   tokens_field: str = "max_new_tokens") -> tuple[list[str], AskOptions, str]:
     settings = state.settings
@@ -41,8 +41,8 @@ def build_options(state: AppState, principal: Principal, questions: list[str], *
     check_top_k(top_k, settings)
     check_max_new_tokens(max_new_tokens, settings, tokens_field)
     coll = resolve_collection(collection, settings, principal)
-    opts = AskOptions(collection=coll, k=top_k, mode=mode, filters=filters, max_new_tokens=max_new_tokens,
-                      temperature=temperature)
+    opts = AskOptions(collection=coll, k=top_k, retrieval=retrieval, filters=filters, max_new_tokens=max_new_tokens,
+                      temperature=temperature, mode=mode)  # type: ignore[arg-type]  # checked by the schema
     return questions, opts, coll
 
 
@@ -80,13 +80,15 @@ async def cancel_on_disconnect(request: Request, state: AppState, job: Job,
 
 def _save_log(state: AppState, answer: Answer, collection: str, principal: Principal) -> int | None:
     cits = [CitationView.from_citation(c).model_dump(mode="json") for c in answer.citations]
+    sentences = [SentenceView.from_check(c).model_dump(mode="json") for c in answer.sentences]
     try:
         with state.services.db.session() as s:
             row = AnswerLog(collection=collection, question=answer.question, answer=answer.answer, citations=cits,
                             model=answer.model[:500], timings={k: round(float(v), 6) for k, v in answer.timings.items()},
                             usage={"prompt_tokens": answer.usage.prompt_tokens,
                                    "completion_tokens": answer.usage.completion_tokens},
-                            key_name=principal.name[:200], abstained=answer.abstained)
+                            key_name=principal.name[:200], abstained=answer.abstained,
+                            grounding=answer.grounding, sentences=sentences, mode=answer.mode)
             s.add(row)
             s.flush()
             return int(row.id)
@@ -101,6 +103,7 @@ async def finalize(state: AppState, answer: Answer, collection: str, principal: 
     m.tokens_generated.inc(answer.usage.completion_tokens)
     m.prompt_tokens.inc(answer.usage.prompt_tokens)
     m.answers.labels("abstained" if answer.abstained else "answered").inc()
+    m.grounding.labels(answer.grounding).inc()
     return await run_in_threadpool(_save_log, state, answer, collection, principal)
 
 
@@ -121,11 +124,15 @@ async def first_event(request: Request, state: AppState, job: Job, events: Async
         raise err from None
 
 
-async def collect(request: Request, state: AppState, job: Job, events: AsyncIterator[AnswerEvent]) -> Answer:
+async def collect(request: Request, state: AppState, job: Job, events: AsyncIterator[AnswerEvent],
+                  on_event: Callable[[AnswerEvent], None] | None = None) -> Answer:
+    """The job's final answer (each event passed to `on_event` on the way)."""
     final: Answer | None = None
     try:
         async with cancel_on_disconnect(request, state, job):
             async for ev in events:
+                if on_event is not None:
+                    on_event(ev)
                 if ev.kind == "final":
                     final = ev.answer
     except Exception as exc:

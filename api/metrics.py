@@ -30,6 +30,8 @@ class Metrics:
                                         registry=r)
         self.prompt_tokens = Counter("ctxqa_prompt_tokens", "Prompt tokens fed to the model.", registry=r)
         self.answers = Counter("ctxqa_answers", "Answers produced, by outcome.", ["outcome"], registry=r)
+        self.grounding = Counter("ctxqa_answer_grounding", "Answers by verdict: supported, partial, unsupported, "
+                                 "abstained.", ["grounding"], registry=r)
         self.queue_depth = Gauge("ctxqa_generation_queue_depth", "Generation jobs waiting for a worker.",
                                  registry=r)
         self.queue_active = Gauge("ctxqa_generation_active", "Generation jobs running now.", registry=r)

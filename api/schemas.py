@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ctxqa.rag.retrieve.filters import Filters
+from ctxqa.rag.types import RetrievalMode
 from ctxqa.rag.views import CitationView, HitView, UsageView
 
 # Hard ceilings of the schema; the configurable limits (Settings.max_question_chars, max_top_k,
@@ -22,7 +23,8 @@ SCHEMA_MAX_TEXT = 100_000
 SCHEMA_MAX_K = 1000
 SCHEMA_MAX_NEW_TOKENS = 1_000_000
 
-Mode = Literal["dense", "lexical", "hybrid"]
+Mode = RetrievalMode
+AnswerMode = Literal["generate", "quote"]
 
 
 class _Model(BaseModel):
@@ -71,7 +73,10 @@ class AskRequest(_Model):
         examples=["How do I declare a query parameter?"])
     collection: str | None = Field(None, min_length=1, max_length=200, description="Default: the configured default collection.")
     top_k: int | None = Field(None, ge=1, le=SCHEMA_MAX_K, description="Chunks to retrieve (limit: max_top_k).")
-    mode: Mode | None = Field(None, description="Retrieval mode; default from the settings.")
+    mode: AnswerMode | None = Field(None, description=(
+        "generate: the model answers (checked sentence by sentence); quote: the documents' own sentences that "
+        "best answer the question, verbatim, no model. Default: quote when the backend is 'quote'."))
+    retrieval: Mode | None = Field(None, description="Retrieval mode: dense, lexical or hybrid; default from the settings.")
     filters: ApiFilters | None = Field(None, description="Metadata filters, passed to retrieval as given.")
     max_new_tokens: int | None = Field(None, ge=1, le=SCHEMA_MAX_NEW_TOKENS,
                                        description="Generation budget (limit: max_new_tokens_limit).")
@@ -207,6 +212,10 @@ class AnswerLogOut(BaseModel):
     usage: dict[str, Any]
     timings: dict[str, Any]
     key_name: str | None = None
+    grounding: Literal["supported", "partial", "unsupported", "abstained"] | None = Field(
+        None, description="The verdict given with the answer (null for answers logged before verification).")
+    sentences: list[dict[str, Any]] = Field(default_factory=list, description="Each sentence's label and evidence.")
+    mode: Literal["generate", "quote"] | None = None
 
 
 class Health(BaseModel):
@@ -257,7 +266,8 @@ class ChatRequest(BaseModel):
     collection: str | None = Field(None, min_length=1, max_length=200)
     top_k: int | None = Field(None, ge=1, le=SCHEMA_MAX_K)
     filters: ApiFilters | None = None
-    mode: Mode | None = None
+    mode: AnswerMode | None = Field(None, description="generate or quote (see /v1/ask).")
+    retrieval: Mode | None = Field(None, description="dense, lexical or hybrid.")
 
 
 class ChatResponseMessage(BaseModel):
@@ -280,3 +290,5 @@ class ChatResponse(BaseModel):
     usage: UsageView
     citations: list[CitationView] = Field(description="ctxqa extension: the answer's resolved citations.")
     answer_id: int | None = Field(None, description="ctxqa extension: GET /v1/answers/{id}.")
+    grounding: Literal["supported", "partial", "unsupported", "abstained"] = Field(
+        description="ctxqa extension: the verdict (unsupported sentences are also marked in the content).")

@@ -104,7 +104,9 @@ class Settings(BaseSettings):
     rerank_depth: int = Field(30, ge=1, le=500, description="Fused candidates the cross-encoder re-scores.")
 
     # --- generation ----------------------------------------------------------------------------------------
-    llm_backend: Literal["llama_cpp", "exllamav2"] = "llama_cpp"
+    llm_backend: Literal["llama_cpp", "exllamav2", "quote"] = Field("llama_cpp", description=(
+        "llama_cpp (GGUF), exllamav2 (GPTQ/EXL2 on an NVIDIA GPU), or quote: no model, every answer is quoted "
+        "from the documents (quote mode)."))
     llm_model: str = Field(DEFAULT_LLM, description="GGUF file / GPTQ or EXL2 dir, or 'bundled:smollm2'.")
     llm_profile: str | None = Field(None, description="Prompt template profile; default: from the model.")
     llm_context_length: int | None = Field(None, description="Override the profile's context length.")
@@ -120,6 +122,15 @@ class Settings(BaseSettings):
     max_new_tokens: int = 256
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy; the cards say 'very low'.")
     seed: int = 0
+
+    # --- verification --------------------------------------------------------------------------------------
+    unsupported: Literal["flag", "abstain", "quote"] = Field("flag", description=(
+        "What happens to an answer the documents do not support (verdict 'unsupported'): flag = keep the "
+        "model's text, mark every unsupported sentence and show the passages that answer the question; "
+        "abstain = the not-found answer with those passages; quote = a quote-mode answer instead."))
+    verify_paraphrase: bool = Field(True, description=(
+        "Use the embedder's sentence similarity as one signal of support (paraphrases); off: words only."))
+    quote_sentences: int = Field(3, ge=1, le=10, description="At most this many sentences per question in quote mode.")
 
     # --- API -----------------------------------------------------------------------------------------------
     host: str = "127.0.0.1"

@@ -157,7 +157,55 @@ class Citation:
     char_start: int | None = None
     char_end: int | None = None
     match: str | None = None  # how it was matched: "exact", "ref", "tolerant", "partial", None
-    support: float = 0.0  # 0..1: how well the cited chunk supports the answer text
+    support: float = 0.0  # 0..1: how well the cited chunk supports the answer's best-supported sentence
+    # Whether the cited block supports any sentence of the answer (None: not checked, e.g. unverified).
+    supports_answer: bool | None = None
+
+
+Grounding = Literal["supported", "partial", "unsupported", "abstained"]
+SentenceLabel = Literal["supported", "partial", "unsupported", "neutral"]
+
+
+@dataclass
+class Evidence:
+    """The passage text that best supports a sentence: where it is, exactly.
+
+    For a retrieved chunk: the block, chunk, document, pages and the character span in the document's text
+    (`char_start`/`char_end`, what a viewer highlights). For a passage given to /v1/verify: its index and the
+    span within it."""
+
+    text: str
+    char_start: int
+    char_end: int
+    passage: int | None = None  # index among the passages checked against
+    block_ref: str | None = None
+    chunk_id: int | None = None
+    document_id: int | None = None
+    source: str | None = None
+    title: str | None = None
+    pages: list[int] = field(default_factory=list)
+    heading_path: tuple[str, ...] = ()
+
+
+@dataclass
+class SentenceCheck:
+    """One sentence (claim) of an answer, with its label, support score and best evidence."""
+
+    text: str
+    start: int  # span of the sentence in the answer text
+    end: int
+    label: SentenceLabel  # neutral: nothing to check ("Sure.", a question); not counted in the verdict
+    score: float
+    evidence: Evidence | None = None
+    quote: bool = False  # a near-verbatim copy of its evidence
+    missing: tuple[str, ...] = ()  # numbers and names of the sentence that no passage contains
+    cited: bool | None = None  # whether the model cited the block of this evidence (None: cited nothing)
+
+
+@dataclass
+class Verification:
+    grounding: Grounding
+    sentences: list[SentenceCheck] = field(default_factory=list)
 
 
 @dataclass
@@ -180,3 +228,10 @@ class Answer:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     raw_output: str = ""
     prompt: str = ""
+    grounding: Grounding = "unsupported"
+    sentences: list[SentenceCheck] = field(default_factory=list)
+    # The passages that best answer the question (quote mode), shown beside an answer that is not supported.
+    evidence: list[SentenceCheck] = field(default_factory=list)
+    mode: Literal["generate", "quote"] = "generate"
+    # Set when the unsupported-answer policy replaced the model's answer: the verdict of what it said.
+    replaced: Grounding | None = None

@@ -28,4 +28,5 @@ def get_answer(state: StateDep, principal: PrincipalDep,
         return AnswerLogOut(id=row.id, created_at=row.created_at, collection=row.collection, question=row.question,
                             answer=row.answer, abstained=bool(row.abstained), citations=list(row.citations or []),
                             model=row.model, usage=dict(row.usage or {}), timings=dict(row.timings or {}),
-                            key_name=row.key_name)
+                            key_name=row.key_name, grounding=row.grounding,
+                            sentences=list(row.sentences or []), mode=row.mode)

@@ -46,7 +46,7 @@ router = APIRouter(tags=["ask"], route_class=JSONRoute)
 async def ask(body: AskRequest, request: Request, state: StateDep, principal: PrincipalDep) -> Any:
     """Answer question(s) from a collection, with citations resolved to documents, pages and chunks."""
     questions, opts, coll = build_options(
-        state, principal, body.question_list(), collection=body.collection, top_k=body.top_k, mode=body.mode,
+        state, principal, body.question_list(), collection=body.collection, top_k=body.top_k, retrieval=body.retrieval, mode=body.mode,
         filters=body.filters, max_new_tokens=body.max_new_tokens, temperature=body.temperature)
     job = submit(state, questions, opts)
     events = job.events()

@@ -2,17 +2,21 @@
 
 - The last user message is the question (earlier turns and system prompts are not used: ctxqa's prompt is
   the context-obedient template of the configured model).
-- The reply's content is the answer followed by a "Sources:" list; the resolved citations also come back in
-  an extra `citations` field (and `answer_id` for GET /v1/answers/{id}).
-- `stream: true` follows OpenAI's chunk format (`data: {chat.completion.chunk}` lines, then `data: [DONE]`);
-  the last chunk before [DONE] carries `citations` and the `ctxqa` final answer object.
-- ctxqa extensions in the request: `collection`, `top_k`, `filters`, `mode`.
+- The reply's content is the answer, each unsupported sentence followed by a visible "[unsupported]", then a
+  "Sources:" list and, when the documents do not support the answer, the passages that answer the question. The
+  verdict comes back in an extra `grounding` field, the resolved citations in `citations` (and `answer_id` for
+  GET /v1/answers/{id}).
+- `stream: true` follows OpenAI's chunk format (`data: {chat.completion.chunk}` lines, then `data: [DONE]`):
+  each sentence is sent once it is complete and checked, so the joined deltas equal the non-streamed content
+  (both are built by `ChatContent` from the same answer events). The last chunk before [DONE] carries
+  `grounding`, `citations` and the `ctxqa` final answer object.
+- ctxqa extensions in the request: `collection`, `top_k`, `filters`, `retrieval` (dense | lexical | hybrid) and
+  `mode` (generate | quote).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -26,66 +30,59 @@ from ctxqa.api.jobs import build_options, collect, finalize, first_event, submit
 from ctxqa.api.jsonbody import JSONRoute
 from ctxqa.api.schemas import ChatChoice, ChatRequest, ChatResponse, ChatResponseMessage
 from ctxqa.api.sse import EventStreamResponse, error_payload, sse
-from ctxqa.rag.types import Answer
-from ctxqa.rag.views import AnswerView, CitationView, UsageView, sources_text
+from ctxqa.rag.answer import AnswerEvent
+from ctxqa.rag.types import Answer, SentenceCheck
+from ctxqa.rag.views import (
+    UNSUPPORTED_MARK,
+    AnswerView,
+    CitationView,
+    UsageView,
+    evidence_text,
+    marked_answer,
+    sources_text,
+)
 
 log = logging.getLogger("ctxqa.api")
 router = APIRouter(tags=["openai"], route_class=JSONRoute)
 
-# A line that opens the model's own sources section: hidden from the streamed content, because the resolved
-# "Sources:" list follows (the same heuristic the citation parser's headings use, kept deliberately simple).
-_SOURCES_HEADING = re.compile(
-    r"^\s*(?:#{1,6}\s*)?(?:[-*+]\s+)?(?:\*\*|__)?\s*(?:sources?|references?|reference\(s\)|citations?)\s*"
-    r"(?:\d+\s*)?(?:\*\*|__)?\s*:", re.IGNORECASE)
+class ChatContent:
+    """The reply's content, built from the answer job's events the same way for both forms.
+
+    Each checked sentence is appended as it arrives, with "[unsupported]" after it when no passage supports it
+    (the raw model text, its inline citations and its own sources section never reach the client). At the end
+    comes whatever followed the last sentence, the resolved sources list, and the passages that answer the
+    question when the answer is not supported. When the unsupported-answer policy may replace the answer
+    (abstain / quote), nothing is sent before the verdict is known."""
+
+    def __init__(self, hold: bool) -> None:
+        self.hold = hold
+        self.sent: list[str] = []
+
+    def sentence(self, text: str, check: SentenceCheck) -> str:
+        if self.hold:
+            return ""
+        mark = {"unsupported": f" {UNSUPPORTED_MARK}", "partial": " [partly supported]"}.get(check.label, "")
+        piece = text + mark
+        self.sent.append(piece)
+        return piece
+
+    def final(self, answer: Answer) -> str:
+        full = content_of(answer)
+        done = "".join(self.sent)
+        if full.startswith(done):
+            return full[len(done):]
+        # The sentences sent so far are not how the final answer reads (its parse changed earlier text): say so
+        # and give the answer as it stands, rather than leave the client with text that is not the answer.
+        log.warning("chat stream: streamed sentences differ from the final answer; sending it in full")
+        return "\n\n(corrected answer)\n" + full
 
 
 def content_of(answer: Answer) -> str:
-    src = sources_text(answer.citations)
-    return answer.answer + (f"\n\n{src}" if src else "")
-
-
-class _HideSourcesSection:
-    """Passes streamed text through until a line opens a sources section, and hides everything from there.
-
-    Text at the start of a line is held back only while it could still grow into such a heading."""
-
-    def __init__(self) -> None:
-        self.buf = ""
-        self.line_start = True  # does `buf` begin at the start of a line?
-        self.hidden = False
-
-    def feed(self, text: str) -> str:
-        if self.hidden:
-            return ""
-        self.buf += text
-        out: list[str] = []
-        while self.buf:
-            nl = self.buf.find("\n")
-            head = self.buf if nl < 0 else self.buf[: nl + 1]
-            if self.line_start and _SOURCES_HEADING.match(head):
-                self.hidden = True
-                self.buf = ""
-                break
-            if nl < 0:
-                if self.line_start and _could_be_heading(head):
-                    break  # wait for more of this line
-                out.append(head)
-                self.buf = ""
-                self.line_start = False
-                break
-            out.append(head)
-            self.buf = self.buf[nl + 1:]
-            self.line_start = True
-        return "".join(out)
-
-    def flush(self) -> str:
-        rest, self.buf = ("" if self.hidden else self.buf), ""
-        return rest
-
-
-def _could_be_heading(partial: str) -> bool:
-    s = partial.lstrip(" \t#-*+_").lower()
-    return len(s) < 24 and any(w.startswith(s) or s.startswith(w) for w in ("source", "reference", "citation"))
+    parts = [marked_answer(answer)]
+    for extra in (sources_text(answer.citations), evidence_text(answer)):
+        if extra:
+            parts.append(extra)
+    return "\n\n".join(parts)
 
 
 @router.post("/v1/chat/completions", response_model=ChatResponse, responses={
@@ -102,7 +99,7 @@ async def chat_completions(body: ChatRequest, request: Request, state: StateDep,
     max_new = body.max_completion_tokens or body.max_tokens
     tokens_field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     questions, opts, coll = build_options(
-        state, principal, [question], collection=body.collection, top_k=body.top_k, mode=body.mode,
+        state, principal, [question], collection=body.collection, top_k=body.top_k, retrieval=body.retrieval, mode=body.mode,
         filters=body.filters, max_new_tokens=max_new, temperature=body.temperature, question_field=field,
         tokens_field=tokens_field)
     job = submit(state, questions, opts)
@@ -116,16 +113,26 @@ async def chat_completions(body: ChatRequest, request: Request, state: StateDep,
     cid = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
 
+    hold = state.settings.unsupported != "flag"
     if not body.stream:
-        answer = await collect(request, state, job, events)
+        content = ChatContent(hold)
+        pieces: list[str] = []
+
+        def on_event(ev: AnswerEvent) -> None:  # the same events, through the same builder, as a stream
+            if ev.kind == "sentence" and ev.sentence is not None:
+                pieces.append(content.sentence(ev.text or "", ev.sentence))
+
+        answer = await collect(request, state, job, events, on_event)
+        pieces.append(content.final(answer))
         answer_id = await finalize(state, answer, coll, principal)
         return ChatResponse(
             id=cid, created=created, model=answer.model,
-            choices=[ChatChoice(message=ChatResponseMessage(content=content_of(answer)),
+            choices=[ChatChoice(message=ChatResponseMessage(content="".join(pieces)),
                                 finish_reason="stop" if not _truncated(answer, max_new, state) else "length")],
             usage=UsageView(prompt_tokens=answer.usage.prompt_tokens, completion_tokens=answer.usage.completion_tokens,
-                           total_tokens=answer.usage.prompt_tokens + answer.usage.completion_tokens),
-            citations=[CitationView.from_citation(c) for c in answer.citations], answer_id=answer_id)
+                            total_tokens=answer.usage.prompt_tokens + answer.usage.completion_tokens),
+            citations=[CitationView.from_citation(c) for c in answer.citations], answer_id=answer_id,
+            grounding=answer.grounding)
 
     gen = state.services.loaded_generator()
     model_name = f"{state.settings.llm_backend}:{gen.name}" if gen is not None else "ctxqa"
@@ -135,29 +142,27 @@ async def chat_completions(body: ChatRequest, request: Request, state: StateDep,
                           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra})
 
     async def stream() -> AsyncIterator[str]:
-        hide = _HideSourcesSection()
+        content = ChatContent(hold)
         finished = False
         try:
             yield chunk({"role": "assistant", "content": ""})
             async for ev in events:
-                if ev.kind == "delta" and ev.text:
-                    text = hide.feed(ev.text)
-                    if text:
-                        yield chunk({"content": text})
+                if ev.kind == "sentence" and ev.sentence is not None:
+                    piece = content.sentence(ev.text or "", ev.sentence)
+                    if piece:
+                        yield chunk({"content": piece})
                 elif ev.kind == "final" and ev.answer is not None:
                     a = ev.answer
-                    tail = hide.flush()
+                    tail = content.final(a)
                     if tail:
                         yield chunk({"content": tail})
-                    src = sources_text(a.citations)
-                    if src:
-                        yield chunk({"content": f"\n\n{src}"})
                     answer_id = await finalize(state, a, coll, principal)
                     finished = True
                     yield chunk({}, "length" if _truncated(a, max_new, state) else "stop",
                                 usage={"prompt_tokens": a.usage.prompt_tokens,
                                        "completion_tokens": a.usage.completion_tokens,
                                        "total_tokens": a.usage.prompt_tokens + a.usage.completion_tokens},
+                                grounding=a.grounding,
                                 citations=[CitationView.from_citation(c).model_dump(mode="json") for c in a.citations],
                                 answer_id=answer_id,
                                 ctxqa=AnswerView.from_answer(a, coll, answer_id).model_dump(mode="json"))

@@ -52,14 +52,15 @@ def ask(
     temperature: Annotated[Optional[float], typer.Option("--temperature")] = None,
     mode: ModeOpt = None,
     stream: Annotated[bool, typer.Option("--stream", help="Print tokens as they are generated.")] = False,
+    quote: Annotated[bool, typer.Option("--quote", help="Answer with the documents' own sentences (no model).")] = False,
     show_prompt: Annotated[bool, typer.Option("--show-prompt", help="Print the prompt sent to the model.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Answer a question from the documents, with sources."""
     ctx = context()
     coll = collection or ctx.settings.default_collection
-    opts = AskOptions(collection=coll, k=k, mode=mode, max_new_tokens=max_new_tokens,
-                      temperature=temperature, profile=model)
+    opts = AskOptions(collection=coll, k=k, retrieval=mode, max_new_tokens=max_new_tokens,
+                      temperature=temperature, profile=model, mode="quote" if quote else None)
     try:
         if stream and not json_out:
             ans = None

@@ -154,7 +154,28 @@ def _clean(text: str) -> str:
     if m:
         text = text[: m.start()]
     text = _JUNK_RE.sub("", text)
+    # Output cut short inside a prompt marker it started to echo ("BEGININ" at max_new_tokens): not an answer.
+    last = text.rstrip().rsplit("\n", 1)[-1].strip()
+    if len(last) >= 3 and any(m.startswith(last) for m in _MARKERS):
+        text = text.rstrip()[: -len(last)]
     return _MIDLINE_HEADING_RE.sub("\n", text)
+
+
+_MARKERS = ("BEGININPUT", "BEGINCONTEXT", "ENDCONTEXT", "ENDINPUT", "BEGININSTRUCTION", "ENDINSTRUCTION")
+
+
+def _drop_repeats(answer: str) -> str:
+    """Keep the first of identical paragraphs: small models loop ("X. X. X." as whole paragraphs), and a
+    repeated paragraph adds nothing to check or to read."""
+    seen: set[str] = set()
+    out = []
+    for para in re.split(r"\n[ \t]*\n", answer):
+        key = " ".join(para.split()).casefold()
+        if key and key in seen:
+            continue
+        seen.add(key)
+        out.append(para)
+    return "\n\n".join(out).strip()
 
 
 def _extract_inline(line: str, groups: list[dict[str, str]]) -> str:
@@ -339,7 +360,7 @@ class _SourceReader:
         if self.inline and self.style is None:
             self.style = "inline"
         answer = re.sub(r"\n{3,}", "\n\n", "\n".join(self.answer)).strip()
-        answer = _ANSWER_LABEL_RE.sub("", answer)
+        answer = _drop_repeats(_ANSWER_LABEL_RE.sub("", answer))
         return Parsed(
             answer=answer, groups=dedupe(self.inline + self.groups), no_source=self.no_source, style=self.style
         )

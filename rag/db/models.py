@@ -129,6 +129,10 @@ class AnswerLog(Base):
     usage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     key_name: Mapped[str | None] = mapped_column(String(200))
     abstained: Mapped[bool] = mapped_column(default=False)
+    # The verdict and each sentence's label and evidence, as the answer object gave them (migration 0002).
+    grounding: Mapped[str | None] = mapped_column(String(20), index=True)
+    sentences: Mapped[list[Any] | None] = mapped_column(JSON)
+    mode: Mapped[str | None] = mapped_column(String(20))
 
 
 __all__ = ["ApiKey", "AnswerLog", "Base", "Chunk", "Collection", "Document"]

@@ -9,6 +9,7 @@ and small token budgets; they are skipped, with the reason, where llama-cpp-pyth
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import os
 import re
@@ -25,6 +26,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import new_pg_database
+
 REPO = Path(__file__).resolve().parents[2]
 FASTAPI_DOCS = Path(os.environ.get("CTXQA_SHARED", REPO.parent / "shared")) / "data/corpora/fastapi-docs"
 
@@ -38,21 +41,6 @@ LIMITS = {
 }
 
 
-def _llama_missing() -> str | None:
-    try:
-        import llama_cpp  # noqa: F401
-    except Exception as e:  # noqa: BLE001
-        return f"llama-cpp-python is not importable ({e}); /v1/ask needs the embedded llama.cpp backend"
-    try:
-        from ctxqa.rag.generate import resolve_model_path
-
-        resolve_model_path("bundled:smollm2")
-    except Exception as e:  # noqa: BLE001
-        return f"the bundled SmolLM2 GGUF is not installed: {e}"
-    return None
-
-
-needs_llm = pytest.mark.skipif(_llama_missing() is not None, reason=str(_llama_missing()))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -75,6 +63,11 @@ class Server:
     log: Path
     keys: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def db_url(self) -> str:
+        """The server's database: the PostgreSQL URL it was given, else its SQLite file."""
+        return self.env.get("CTXQA_DATABASE_URL") or f"sqlite:///{self.data_dir / 'ctxqa.db'}"
+
     def client(self, key: str | None = "admin", timeout: float = 120.0) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.keys[key]}"} if key else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
@@ -83,23 +76,23 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
-def start_server(root: Path, extra_env: dict[str, str] | None = None, ready_timeout: float = 300.0) -> Server:
-    """Start `ctxqa serve` on a free port with data in `root/data`; wait until /readyz says ready."""
+def start_server(root: Path, extra_env: dict[str, str] | None = None) -> Server:
+    """Start `ctxqa serve` on a free port with data in `root/data`; wait until /readyz says ready (or the process
+    exits: then its log is the error). The run's hang guard is pytest-timeout, not a deadline here."""
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CTXQA_")}
     env.update({"CTXQA_DATA_DIR": str(data), "CTXQA_CONFIG": str(root / "no-ctxqa.toml"), "HF_HUB_OFFLINE": "1",
                 "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
-                "PYTHONPATH": str(REPO)})
+                "PYTHONPATH": str(REPO), "CTXQA_EMBEDDING_CACHE_DIR": os.environ["CTXQA_EMBEDDING_CACHE_DIR"]})
     env.update(extra_env or {})
     log = root / "server.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "ctxqa", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level",
          "warning"], cwd=root, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
+    while True:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
         try:
@@ -108,10 +101,7 @@ def start_server(root: Path, extra_env: dict[str, str] | None = None, ready_time
                 break
         except httpx.HTTPError:
             pass
-        time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError(f"server not ready in {ready_timeout}s:\n{log.read_text(errors='replace')[-4000:]}")
+        time.sleep(0.1)
     return Server(url, data, env, proc, log)
 
 
@@ -128,7 +118,7 @@ def create_key(server: Server, name: str, collections: list[str] | None = None, 
     from ctxqa.api.keys import create_key as make
     from ctxqa.rag.db.session import Database
 
-    db = Database(f"sqlite:///{server.data_dir / 'ctxqa.db'}")
+    db = Database(server.db_url)
     try:
         with db.session() as s:
             return make(s, name, collections=collections, admin=admin).secret
@@ -192,18 +182,21 @@ def make_pdf(lines: list[str]) -> bytes:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("api")
-    srv = start_server(root, LIMITS)
-    try:
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One real server per database: every API test runs against SQLite and against PostgreSQL."""
+    root = tmp_path_factory.mktemp(f"api-{request.param}")
+    with contextlib.ExitStack() as stack:
+        env = dict(LIMITS)
+        if request.param == "postgres":
+            env["CTXQA_DATABASE_URL"] = stack.enter_context(new_pg_database())
+        srv = start_server(root, env)
+        stack.callback(stop_server, srv)
         srv.keys["admin"] = create_key(srv, "admin", admin=True)
         srv.keys["alpha"] = create_key(srv, "alpha-only", collections=["alpha"])
         srv.keys["user"] = create_key(srv, "user")  # every collection, not admin
         srv.keys["revoked"] = create_key(srv, "to-revoke")
         yield srv
-    finally:
-        stop_server(srv)
         if os.environ.get("CTXQA_TEST_SHOW_SERVER_LOG"):
             print(srv.log_text())
 
@@ -367,7 +360,7 @@ def test_missing_bad_and_revoked_keys_get_401(server: Server, corpus: dict[str, 
         assert r.status_code == 401
     with server.client("revoked") as c:
         assert c.get("/v1/collections").status_code == 200
-        db = Database(f"sqlite:///{server.data_dir / 'ctxqa.db'}")
+        db = Database(server.db_url)
         with db.session() as s:
             revoke_key(s, "to-revoke")
         db.dispose()
@@ -375,11 +368,14 @@ def test_missing_bad_and_revoked_keys_get_401(server: Server, corpus: dict[str, 
 
 
 def test_only_a_hash_of_each_key_is_stored(server: Server) -> None:
-    import sqlite3
+    from sqlalchemy import text
 
-    con = sqlite3.connect(server.data_dir / "ctxqa.db")
-    rows = con.execute("SELECT name, prefix, key_hash FROM api_keys").fetchall()
-    con.close()
+    from ctxqa.rag.db.session import Database
+
+    db = Database(server.db_url)
+    with db.session() as s:
+        rows = [tuple(r) for r in s.execute(text("SELECT name, prefix, key_hash FROM api_keys"))]
+    db.dispose()
     dump = json.dumps(rows)
     for secret in server.keys.values():
         assert secret not in dump
@@ -392,7 +388,7 @@ def test_only_a_hash_of_each_key_is_stored(server: Server) -> None:
 def test_keys_cli_create_list_revoke(server: Server) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "ctxqa", "keys", *args], capture_output=True, text=True,
-                              cwd=server.data_dir.parent, env=server.env, timeout=120)
+                              cwd=server.data_dir.parent, env=server.env)
 
     r = cli("create", "--name", "from-cli", "--collection", "alpha", "--json")
     assert r.returncode == 0, r.stderr
@@ -676,7 +672,6 @@ def stream_ask(c: httpx.Client, body: dict[str, Any]) -> list[tuple[str | None, 
     return out
 
 
-@needs_llm
 def test_ask_returns_the_full_answer_object(server: Server, corpus: dict[str, Any]) -> None:
     with server.client("user") as c:
         r = c.post("/v1/ask", json=ASK)
@@ -704,7 +699,6 @@ def test_ask_returns_the_full_answer_object(server: Server, corpus: dict[str, An
         assert c.get("/v1/answers/999999").status_code == 404
 
 
-@needs_llm
 def test_stream_and_json_give_the_same_answer(server: Server, corpus: dict[str, Any]) -> None:
     with server.client("user") as c:
         for body in (ASK, {**ASK, "question": ["What is a path parameter?", "Are query parameters optional?"]},
@@ -728,7 +722,6 @@ def test_stream_and_json_give_the_same_answer(server: Server, corpus: dict[str, 
             assert final["id"] != plain_json["id"]  # both are logged
 
 
-@needs_llm
 def test_chat_completions_openai_compatible(server: Server, corpus: dict[str, Any]) -> None:
     body = {"model": "anything", "messages": [
         {"role": "system", "content": "You are helpful."},
@@ -771,7 +764,6 @@ def test_chat_completions_openai_compatible(server: Server, corpus: dict[str, An
             assert text.endswith(msg["content"].split("\n\nSources:\n", 1)[1])
 
 
-@needs_llm
 def test_client_disconnect_cancels_generation(server: Server, corpus: dict[str, Any]) -> None:
     body = {"question": "Explain everything about path parameters, query parameters, types and validation "
                         "in FastAPI, in detail.", "top_k": 3, "max_new_tokens": 64, "temperature": 0,
@@ -789,12 +781,9 @@ def test_client_disconnect_cancels_generation(server: Server, corpus: dict[str, 
                         finished = True
                         break
             # leaving the block closes the connection mid-stream
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                text = c.get("/metrics").text
-                if metric(text, "ctxqa_generation_cancelled_total") > before:
-                    break
-                time.sleep(0.2)
+            # The job ends either cancelled or (if it finished first) done; wait until it has ended.
+            while metric(text := c.get("/metrics").text, "ctxqa_generation_active") > 0:
+                time.sleep(0.05)
             if metric(text, "ctxqa_generation_cancelled_total") > before:
                 break
             assert not finished or attempt < 2
@@ -802,15 +791,11 @@ def test_client_disconnect_cancels_generation(server: Server, corpus: dict[str, 
         else:
             pytest.fail("no cancellation was recorded after the client disconnected")
         # the worker is free again: the next request is served
-        deadline = time.monotonic() + 30
-        while metric(c.get("/metrics").text, "ctxqa_generation_active") > 0 and time.monotonic() < deadline:
-            time.sleep(0.2)
         assert metric(c.get("/metrics").text, "ctxqa_generation_active") == 0
         r = c.post("/v1/ask", json=ASK)
         assert r.status_code == 200
 
 
-@needs_llm
 def test_full_queue_answers_503_with_retry_after(server: Server, corpus: dict[str, Any]) -> None:
     """queue_size=1 and one llama.cpp worker: of many simultaneous asks, one runs, one waits, the rest get 503."""
     body = {**ASK, "max_new_tokens": 64, "question": "Describe path parameters with types in FastAPI in detail."}
@@ -836,7 +821,6 @@ def test_full_queue_answers_503_with_retry_after(server: Server, corpus: dict[st
         assert metric(c.get("/metrics").text, "ctxqa_generation_rejected_total") >= 1
 
 
-@needs_llm
 def test_ask_unknown_collection_and_generation_metrics(server: Server, corpus: dict[str, Any]) -> None:
     with server.client("admin") as c:
         r = c.post("/v1/ask", json={**ASK, "collection": "does-not-exist"})
@@ -870,7 +854,7 @@ def test_queue_fifo_capacity_cancel_and_concurrency() -> None:
             def run(cancel: threading.Event):  # type: ignore[no-untyped-def]
                 order.append(name)
                 if wait:
-                    gate.wait(10)
+                    gate.wait()
                 for i in range(3):
                     if cancel.is_set():
                         return
@@ -915,7 +899,7 @@ def test_queue_fifo_capacity_cancel_and_concurrency() -> None:
 
         def together(cancel: threading.Event):  # type: ignore[no-untyped-def]
             started.wait()  # only passes when three jobs run concurrently
-            release.wait(10)
+            release.wait()
             yield "ok"
 
         jobs = [q2.submit(together) for _ in range(3)]

@@ -18,11 +18,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not installed (pip install 'ctxqa[dev]')")
-
-from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
-from hypothesis.errors import Unsatisfiable  # noqa: E402
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.config import SchemathesisConfig  # noqa: E402

@@ -14,8 +14,6 @@ import pytest
 from ctxqa.rag.answer import NOT_FOUND, AskOptions
 from ctxqa.rag.citations import parse
 
-llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (extra 'gguf')")
-
 
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, embedder):  # type: ignore[no-untyped-def]

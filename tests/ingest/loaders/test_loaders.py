@@ -6,6 +6,8 @@ import json
 import os
 import pickle
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -89,19 +91,59 @@ def test_directory_is_unreadable(tmp_path: Path) -> None:
     assert ei.value.reason == "unreadable"
 
 
+def _load_reason(path: Path) -> str:
+    """`load(path)`'s LoadError reason ("loaded" when it loads), as an unprivileged user: root reads any file
+    whatever its mode, so under root (CI) the check runs in a forked child that drops to uid/gid 65534."""
+    if os.geteuid() != 0:
+        try:
+            load(path)
+        except LoadError as e:
+            return e.reason
+        return "loaded"
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop privileges, load, report, exit without running the parent's clean-up
+        code = 0
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                load(path)
+                msg = "loaded"
+            except LoadError as e:
+                msg = e.reason
+            os.write(w, msg.encode())
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            os.write(w, f"child error: {e!r}".encode())
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as pipe:
+        out = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return out
+
+
 @pytest.mark.parametrize("suffix", [".txt", ".pdf", ".md", ".html"])
-def test_permission_denied(tmp_path: Path, suffix: str) -> None:
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        pytest.skip("running as root: chmod 000 does not deny reading (directory case covers 'unreadable')")
-    f = tmp_path / f"secret{suffix}"
-    f.write_bytes(b"hello")
-    f.chmod(0)
+def test_permission_denied(suffix: str) -> None:
+    # A folder everyone may enter (pytest's tmp folders are root-only), holding a file no one may read.
+    folder = Path(tempfile.mkdtemp(prefix="ctxqa-perm-"))
     try:
-        with pytest.raises(LoadError) as ei:
-            load(f)
-        assert ei.value.reason == "unreadable"
+        folder.chmod(0o755)
+        readable = folder / f"open{suffix}"
+        readable.write_bytes(b"hello")
+        readable.chmod(0o644)
+        f = folder / f"secret{suffix}"
+        f.write_bytes(b"hello")
+        f.chmod(0)
+        assert _load_reason(f) == "unreadable"
+        # The same user can read the other file: the refusal is the permission, not the user or the folder.
+        assert _load_reason(readable) != "unreadable"
     finally:
-        f.chmod(0o600)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_unknown_suffix_is_sniffed(tmp_path: Path) -> None:

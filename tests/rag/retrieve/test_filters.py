@@ -70,8 +70,9 @@ def test_value_matches() -> None:
     assert value_matches(["a", "b"], ["c", "b"])
 
 
-def test_allowed_ids_from_the_database(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    db = Database(f"sqlite:///{tmp_path / 'f.db'}")
+@pytest.mark.parametrize("database", ["sqlite", "postgres"], indirect=True)
+def test_allowed_ids_from_the_database(tmp_path, database) -> None:  # type: ignore[no-untyped-def]
+    db = Database(database or f"sqlite:///{tmp_path / 'f.db'}")
     with db.session() as s:
         coll = repo.create_collection(s, "c", "m", 4)
         other = repo.create_collection(s, "other", "m", 4)
