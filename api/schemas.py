@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ctxqa.rag.retrieve.filters import Filters
 from ctxqa.rag.types import RetrievalMode
-from ctxqa.rag.views import CitationView, HitView, UsageView
+from ctxqa.rag.views import CitationView, HitView, SentenceView, UsageView
 
 # Hard ceilings of the schema; the configurable limits (Settings.max_question_chars, max_top_k,
 # max_new_tokens_limit) are checked per request and are usually lower.
@@ -85,6 +85,25 @@ class AskRequest(_Model):
 
     def question_list(self) -> list[str]:
         return [self.question] if isinstance(self.question, str) else list(self.question)
+
+
+class VerifyRequest(_Model):
+    answer: str = Field(description="The answer to check (any text: a model's, a person's).",
+                        examples=["Daily snapshots are kept for 35 days."])
+    passages: list[Annotated[str, Field(max_length=SCHEMA_MAX_TEXT)]] | None = Field(
+        None, max_length=64, description="Check against these texts. Or give `question` (and `collection`).")
+    question: str | None = Field(None, description="Check against what this question retrieves.")
+    collection: str | None = Field(None, min_length=1, max_length=200)
+    top_k: int | None = Field(None, ge=1, le=SCHEMA_MAX_K)
+    filters: ApiFilters | None = None
+
+
+class VerifyResponse(BaseModel):
+    grounding: Literal["supported", "partial", "unsupported", "abstained"]
+    sentences: list[SentenceView]
+    chunks: list[HitView] = Field(default_factory=list, description="The retrieved chunks checked against "
+                                                                   "(question form only).")
+    collection: str | None = None
 
 
 class SourcesEvent(BaseModel):

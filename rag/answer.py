@@ -318,6 +318,30 @@ class Answerer:
             ans.citations, ans.sentences, ans.grounding = [], [], "abstained"
         return ans
 
+    # -- verifying any answer --------------------------------------------------------------------------------
+    def verify(self, answer: str, *, passages: Sequence[str] | None = None, question: str | None = None,
+               opts: AskOptions | None = None) -> tuple[Verification, list[Hit]]:
+        """Check `answer` with the pipeline's own scorer: against the given `passages`, or against what `question`
+        retrieves (in `opts.collection`). Returns the verification and the hits checked against (none for
+        given passages)."""
+        if not answer or not answer.strip():
+            raise InvalidInput("the answer is empty: give the text to check", field="answer")
+        if (passages is None) == (question is None):
+            raise InvalidInput("give either passages to check against, or a question to retrieve them",
+                               field="passages" if passages is not None else "question")
+        if passages is not None:
+            if not passages or not any(p.strip() for p in passages):
+                raise InvalidInput("give at least one non-empty passage", field="passages")
+            return self.verifier.verify(answer, [Passage(text, i) for i, text in enumerate(passages)]), []
+        assert question is not None
+        opts = opts or AskOptions()
+        if not question.strip():
+            raise InvalidInput("question is empty: ask something", field="question")
+        res = self.retriever.search(question, collection=opts.collection, k=opts.k or self.settings.top_k,
+                                    mode=opts.retrieval, filters=opts.filters)
+        hits = res.hits if self.retriever.is_relevant(res.hits) else []
+        return self.verifier.verify(answer, [Passage.of_hit(h, i) for i, h in enumerate(hits)]), res.hits
+
     # -- entry points --------------------------------------------------------------------------------------
     def answer(self, questions: str | Sequence[str], opts: AskOptions | None = None) -> Answer:
         prep = self.prepare(questions, opts)

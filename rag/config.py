@@ -141,6 +141,7 @@ class Settings(BaseSettings):
     max_question_chars: int = 4000
     max_top_k: int = 50
     max_new_tokens_limit: int = 2048
+    max_verify_chars: int = Field(20_000, ge=1, description="Longest answer or passage /v1/verify accepts.")
     queue_size: int = 16
 
     @classmethod
