@@ -10,15 +10,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 from ctxqa.rag import citations as cit
 from ctxqa.rag.config import Settings
 from ctxqa.rag.generate.base import Completion, GenParams, Generator
-from ctxqa.rag.profiles import Profile, get_profile, profile_for_model
+from ctxqa.rag.profiles import Profile, choose_profile, get_profile
 from ctxqa.rag.prompt import pack_prompt
 from ctxqa.rag.retrieve.retriever import Retriever
-from ctxqa.rag.types import Answer, Blocks, Hit, Usage
+from ctxqa.rag.types import Answer, Blocks, Hit, Prompt, Usage
 
 NOT_FOUND = "I could not find this in the documents."
 # Room kept for the template, instruction and BEGINCONTEXT lines when budgeting neighbour chunks.
@@ -41,7 +42,7 @@ class AskOptions:
 class Prepared:
     questions: list[str]
     hits: list[Hit]
-    prompt: str
+    prompt: Prompt  # the user turn is a data part: no special tokens are read out of retrieved text
     blocks: Blocks
     params: GenParams
     profile: Profile
@@ -84,7 +85,19 @@ class Answerer:
         return self._generator()
 
     def profile(self, name: str | None = None) -> Profile:
-        return get_profile(name or self.settings.llm_profile or profile_for_model(self.settings.llm_model))
+        return get_profile(name or self.settings.llm_profile or self._model_profile)
+
+    @cached_property
+    def _model_profile(self) -> str:
+        """The profile for the configured model: from its own name (GGUF general.name) or its file name."""
+        from ctxqa.rag.generate import GeneratorError, resolve_model_path
+        from ctxqa.rag.generate.inspect import inspect_model
+
+        try:
+            path = resolve_model_path(self.settings.llm_model)
+            return inspect_model(path, self.settings, spec=self.settings.llm_model).profile.name
+        except GeneratorError:  # the model is missing or unreadable: loading it will say so; name-only guess here
+            return choose_profile(self.settings.llm_model).name
 
     # -- stages --------------------------------------------------------------------------------------------
     def prepare(self, questions: str | Sequence[str], opts: AskOptions | None = None) -> Prepared:
@@ -137,7 +150,7 @@ class Answerer:
             timings["generate"] = 0.0
             timings["parse"] = time.perf_counter() - t
             return Answer(question, NOT_FOUND, [], prep.hits, 0, prep.blocks.dropped, True, model,
-                          Usage(0, 0), timings, "", prep.prompt)
+                          Usage(0, 0), timings, "", prep.prompt.text)
         timings["generate"] = completion.time_prefill + completion.time_generate
         parsed = cit.parse(completion.text)
         blocks = prep.blocks.blocks
@@ -155,7 +168,7 @@ class Answerer:
         timings["parse"] = time.perf_counter() - t
         return Answer(question, text, citations, prep.hits, len(blocks), prep.blocks.dropped, abstained, model,
                       Usage(completion.prompt_tokens, completion.completion_tokens), timings, completion.text,
-                      prep.prompt)
+                      prep.prompt.text)
 
     # -- entry points --------------------------------------------------------------------------------------
     def answer(self, questions: str | Sequence[str], opts: AskOptions | None = None) -> Answer:

@@ -226,8 +226,13 @@ def build_checkpoint(
     rope_scale: float | None = None,
     seed: int = 0,
     dump_reference: bool = False,
+    attn_gain: float = 1.0,
 ) -> dict[str, Any]:
-    """Write the checkpoint to `out` and return its config.json dict."""
+    """Write the checkpoint to `out` and return its config.json dict.
+
+    `attn_gain` scales the q/k projections: attention scores grow by its square. With the default 1 a random
+    model's attention is near uniform and positions (RoPE) barely change its logits; 2 makes them matter.
+    """
     from safetensors.torch import save_file
 
     kv_heads = kv_heads or heads
@@ -274,7 +279,8 @@ def build_checkpoint(
         for block, names in PROJECTIONS.items():
             for name in names:
                 out_f, in_f = shapes[name]
-                weight = randn(out_f, in_f, std=1 / math.sqrt(in_f))
+                gain = attn_gain if name in ("q_proj", "k_proj") else 1.0
+                weight = randn(out_f, in_f, std=gain / math.sqrt(in_f))
                 key = f"{prefix}.{block}.{name}"
                 for suffix, t in gptq_tensors(weight, group_size, act_order, sym, gen).items():
                     tensors[f"{key}.{suffix}"] = t.contiguous()
@@ -346,11 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rope-scale", type=float, default=None, help="write rope_scaling {type: linear, factor}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dump-reference", action="store_true", help="also write the fp16 weights that were quantized")
+    p.add_argument("--attn-gain", type=float, default=1.0, help="scale q/k projections (sharper attention)")
     a = p.parse_args(argv)
     config = build_checkpoint(
         a.out, hidden=a.hidden, layers=a.layers, heads=a.heads, kv_heads=a.kv_heads, intermediate=a.intermediate,
         vocab=a.vocab, group_size=a.group_size, act_order=a.act_order, sym=not a.asym, max_position=a.max_position,
-        rope_scale=a.rope_scale, seed=a.seed, dump_reference=a.dump_reference,
+        rope_scale=a.rope_scale, seed=a.seed, dump_reference=a.dump_reference, attn_gain=a.attn_gain,
     )
     size = sum(f.stat().st_size for f in a.out.iterdir()) / 2**20
     print(f"wrote {a.out} ({size:.1f} MiB): hidden={config['hidden_size']} layers={config['num_hidden_layers']} "

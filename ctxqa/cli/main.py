@@ -434,12 +434,25 @@ def ask(
 
 
 @app.command()
-def models(json_out: JsonOpt = False) -> None:
-    """List prompt profiles and generation backends, and whether each can load here."""
-    from ctxqa.rag.generate import backend_status
+def models(path: Annotated[Optional[str], typer.Argument(help="A GGUF file or GPTQ/EXL2 directory to describe.")] = None,
+           json_out: JsonOpt = False) -> None:
+    """List prompt profiles and generation backends, or describe the model at PATH (no weights loaded)."""
+    from ctxqa.rag.generate import GeneratorError, backend_status, resolve_model_path
+    from ctxqa.rag.generate.inspect import inspect_model
     from ctxqa.rag.profiles import PROFILES, profile_for_model
 
     ctx = _ctx()
+    if path is not None:
+        try:
+            info = inspect_model(resolve_model_path(path), ctx.settings, spec=path)
+        except GeneratorError as e:
+            _fail(str(e), 2)
+        if json_out:
+            return _print_json(info.to_dict())
+        t = Table("field", "value", show_header=False)
+        for field, value in info.rows():
+            t.add_row(field, value, style="red" if field == "problem" else None)
+        return out.print(t)
     status = backend_status(ctx.settings)
     chosen = ctx.settings.llm_profile or profile_for_model(ctx.settings.llm_model)
     profiles = {name: p for name, p in PROFILES.items() if p.name == name}
