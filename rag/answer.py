@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from ctxqa.rag import citations as cit
 from ctxqa.rag.config import Settings
-from ctxqa.rag.generate.base import Completion, GenParams, Generator
+from ctxqa.rag.generate.base import Completion, Generator, GenParams
 from ctxqa.rag.profiles import Profile, choose_profile, get_profile
 from ctxqa.rag.prompt import pack_prompt
 from ctxqa.rag.retrieve.retriever import Retriever

@@ -43,7 +43,9 @@ def spm_vocab() -> tuple[list[str], list[float], list[int]]:
     """SentencePiece-style ("llama") vocabulary: <unk> <s> </s>, 256 byte-fallback tokens, characters and words."""
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
     types = [2, 3, 3] + [6] * 256  # UNKNOWN, CONTROL, CONTROL, BYTE
-    pieces = ["\u2581"] + [chr(c) for c in range(33, 127)] + ["\u2581" + w for w in WORDS]
+    # Every prefix of "▁word" too: SentencePiece merges two adjacent pieces only into a piece in the vocabulary.
+    words = list(dict.fromkeys("\u2581" + w[:k] for w in WORDS for k in range(1, len(w) + 1)))
+    pieces = ["\u2581"] + [chr(c) for c in range(33, 127)] + words
     tokens += pieces
     types += [1] * len(pieces)
     scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))]

@@ -15,9 +15,9 @@ from ctxqa.rag.generate.base import (
     Completion,
     ContextOverflowError,
     FinishReason,
+    Generator,
     GeneratorError,
     GenParams,
-    Generator,
     StopFilter,
 )
 

@@ -6,14 +6,17 @@ exists) it runs one job at a time, so 16 users each get 1/16 of the throughput. 
 forward pass over a batch of 16 rows reads the weights once, like a single row. `StaticBatcher` therefore runs
 up to `rows` requests as one batch with a batch-sized cache (one row of `seq_len` slots per request):
 
-- prompts are left-padded to the longest; an additive mask hides the padding and per-row position offsets give
-  every row the positions it would have alone, so a request's greedy output is the same alone or batched
-  (up to the kernels' fp16 rounding). The mask is -65504, not -inf: a padded row whose whole prefill chunk is
+- prompts are left-padded to the longest; an additive mask hides the padding, so a request's greedy output is
+  the same alone or batched (up to the kernels' fp16 rounding). Per-row position offsets give every row the
+  positions it has alone (RoPE scores depend on relative positions only, so this keeps positions inside the
+  sin/cos table rather than changing results), as exllamav2's own batched generate_simple does. The mask
+  is -65504, not -inf: a padded row whose whole prefill chunk is
   padding would otherwise softmax over nothing but -inf, turn its padded K/V into NaN, and 0 x NaN poisons the
   real tokens that later ignore them;
 - all rows decode in lockstep; a finished row idles (pad tokens) until the batch ends;
 - requests that arrive while a batch runs wait in order and form the next batch (`take`), as many as fit
-  (longest prompt + most new tokens <= seq_len, at most `rows`).
+  (longest prompt + most new tokens <= seq_len, at most `rows`); an idle batcher gathers a burst of arrivals
+  for a few milliseconds before it starts.
 
 `model` is an `ExLlamaV2` (or anything with its `forward(input_ids, cache, input_mask=, preprocess_only=,
 position_offsets=)` contract) and `cache` an `ExLlamaV2Cache` with `batch_size >= rows` and `current_seq_len`.
@@ -135,6 +138,10 @@ class StaticBatcher:
         self.eos_ids, self.pad_id = eos_ids, pad_id
         self.rows, self.seq_len = rows, seq_len
         self.closing = threading.Event()
+        # Requests that arrive together (a burst of users, one client's parallel calls) reach the queue a few
+        # milliseconds apart, one tokenization after another: an idle batcher waits for the next one while they
+        # keep coming (gaps under gather_gap_s, at most gather_max_s in all) so the burst forms one batch.
+        self.gather_gap_s, self.gather_max_s = 0.003, 0.025
         self.peak_batch = 0  # the most requests generated together so far (tests and benchmarks read it)
         self.batches = 0
 
@@ -144,7 +151,18 @@ class StaticBatcher:
         """The generator thread: batches from `inbox` until the None sentinel."""
         waiting: deque[GenRequest] = deque()
         while True:
-            items = [inbox.get()] if not waiting else []  # idle: sleep until a request arrives
+            items: list[GenRequest | None] = []
+            if not waiting:  # idle: sleep until a request arrives, then gather the burst it belongs to
+                items.append(inbox.get())
+                deadline = time.perf_counter() + self.gather_max_s
+                while items[-1] is not None and len(items) < self.rows:
+                    left = min(self.gather_gap_s, deadline - time.perf_counter())
+                    if left <= 0:
+                        break
+                    try:
+                        items.append(inbox.get(timeout=left))
+                    except queue.Empty:
+                        break
             while True:
                 try:
                     items.append(inbox.get_nowait())

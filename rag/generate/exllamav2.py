@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ctxqa.rag.generate.base import Completion, FinishReason, GeneratorError, GenParams, Generator, StopFilter
+from ctxqa.rag.generate.base import Completion, FinishReason, Generator, GeneratorError, GenParams, StopFilter
 from ctxqa.rag.generate.exl_batch import Finished, GenRequest, StaticBatcher
 from ctxqa.rag.generate.exl_support import (
     check_config_types,
@@ -399,7 +399,6 @@ class TokenizerText:
         self.bos_id, self.add_bos = bos_id, add_bos
         self.pieces, self.decode, self.pad_id = pieces, decode, pad_id
         self._splitter = SpecialSplitter(specials)
-        self._lock = threading.Lock()
 
     @classmethod
     def from_exllamav2(cls, tokenizer: Any, tokenizer_json: Path) -> TokenizerText:
@@ -426,12 +425,11 @@ class TokenizerText:
         # BOS is added unless the template already starts with it (chatml-ish writes "<s>"); data never counts.
         written = bool(runs) and runs[0].special and self.specials[runs[0].text] == self.bos_id
         ids = [self.bos_id] if self.add_bos and not written and self.bos_id is not None else []
-        with self._lock:  # a tokenizers.Tokenizer is shared by request threads
-            for run in runs:
-                if run.special:
-                    ids.append(self.specials[run.text])
-                else:
-                    ids.extend(self._plain.encode(run.text, add_special_tokens=False).ids)
+        for run in runs:  # tokenizers.Tokenizer.encode is safe to call from several threads (it is not mutated)
+            if run.special:
+                ids.append(self.specials[run.text])
+            else:
+                ids.extend(self._plain.encode(run.text, add_special_tokens=False).ids)
         return [int(i) for i in ids]
 
 

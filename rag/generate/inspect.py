@@ -226,10 +226,10 @@ def gptq_params(path: Path, config: dict[str, Any], tensors: dict[str, list[int]
             problems.append(f"{path / name}: bits is {value!r}, expected an integer such as 4")
     shape_bits = _bits_from_shapes(tensors)
     if shape_bits is not None:
-        bits_found.append(("the tensor shapes", shape_bits))
+        bits_found.append(("tensor shapes", shape_bits))
     wrong = [(name, b) for name, b in bits_found if b != 4]
     if wrong:
-        found = "; ".join(f"{name} says bits={b}" for name, b in bits_found)
+        found = "; ".join(f"{name}: bits={b}" for name, b in bits_found)
         problems.append(
             f"{path} is a {wrong[0][1]}-bit GPTQ model ({found}); ExLlamaV2 0.3.2 reads only 4-bit GPTQ (other "
             f"widths fail in its kernels). Use the 4-bit files of this model, an EXL2 quantisation, or a GGUF "

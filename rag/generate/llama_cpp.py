@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ctxqa.rag.generate.base import Completion, FinishReason, GeneratorError, GenParams, Generator, StopFilter
+from ctxqa.rag.generate.base import Completion, FinishReason, Generator, GeneratorError, GenParams, StopFilter
 from ctxqa.rag.generate.gguf_file import read_gguf_metadata
 from ctxqa.rag.generate.inspect import DEFAULT_MAX_CONTEXT  # without a context length: the file's, capped
 from ctxqa.rag.generate.special_tokens import SpecialSplitter

@@ -44,3 +44,19 @@ def real_exllamav2() -> Iterator[types.ModuleType]:
         for k in [k for k in sys.modules if _ours(k)]:
             del sys.modules[k]
         sys.modules.update(saved)
+
+
+@contextmanager
+def without_exllamav2_modules() -> Iterator[None]:
+    """Run a fresh `import exllamav2` inside, and forget whatever it imported afterwards."""
+    if not HAVE_EXLLAMAV2:
+        pytest.skip(SKIP_REASON)
+    saved = {k: v for k, v in sys.modules.items() if _ours(k)}
+    for k in saved:
+        del sys.modules[k]
+    try:
+        yield
+    finally:
+        for k in [k for k in sys.modules if _ours(k)]:
+            del sys.modules[k]
+        sys.modules.update(saved)

@@ -50,6 +50,10 @@ class ReferenceLlama:
             rope_scale = float(rs.get("factor", 1.0)) if rs.get("type", rs.get("rope_type")) == "linear" else 1.0
         return cls(config, weights, rope_scale)
 
+    def to(self, device: str | torch.device) -> ReferenceLlama:
+        """The same model with its weights on `device` (the GPU check computes the reference on the GPU)."""
+        return ReferenceLlama(self.config, {k: v.to(device) for k, v in self.weights.items()}, self.rope_scale)
+
     # --- pieces ---------------------------------------------------------------------------------------------
 
     @property
@@ -76,7 +80,7 @@ class ReferenceLlama:
         """x [B, T, H, D], positions [B, T] (float): HF's rotate_half convention, positions / rope_scale."""
         d = self.head_dim
         base = float(self.config.get("rope_theta", 10000.0))
-        inv = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
+        inv = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.float32, device=positions.device) / d))
         ang = (positions.float() / self.rope_scale)[..., None] * inv  # [B, T, D/2]
         cos = torch.cat([ang.cos(), ang.cos()], -1)[:, :, None, :]
         sin = torch.cat([ang.sin(), ang.sin()], -1)[:, :, None, :]
@@ -108,9 +112,10 @@ class ReferenceLlama:
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         """Causal forward over ids [B, T] (no padding): logits [B, T, vocab], fp32."""
         b, t = ids.shape
+        ids = ids.to(self.weights["model.embed_tokens.weight"].device)
         h = self.weights["model.embed_tokens.weight"][ids]
-        positions = torch.arange(t).expand(b, t)
-        causal = torch.full((t, t), float("-inf")).triu(1)
+        positions = torch.arange(t, device=ids.device).expand(b, t)
+        causal = torch.full((t, t), float("-inf"), device=ids.device).triu(1)
         rep = self.heads // self.kv_heads
         for layer in range(self.layers):
             q, k, v = self.qkv(h, layer, positions)

@@ -26,7 +26,14 @@ import pytest
 import torch
 
 from ctxqa.rag.config import Settings
-from ctxqa.rag.generate import Completion, ContextOverflowError, GeneratorError, GenParams, backend_status, load_generator
+from ctxqa.rag.generate import (
+    Completion,
+    ContextOverflowError,
+    GeneratorError,
+    GenParams,
+    backend_status,
+    load_generator,
+)
 from ctxqa.rag.generate.exllamav2 import TokenizerText
 from ctxqa.rag.types import Prompt, PromptPart
 
@@ -294,7 +301,7 @@ def test_logits_match_the_pure_torch_reference(model_dir: Path) -> None:
 
     ids = torch.randint(3, 512, (1, 48), generator=torch.Generator().manual_seed(0))
     exl = _exl_logits(model_dir, ids, 256)
-    ref = ReferenceLlama.load(model_dir).logits(ids)
+    ref = ReferenceLlama.load(model_dir).to("cuda").logits(ids).cpu()
     corr = _corr(exl, ref)
     assert corr > 0.999, f"logit correlation {corr:.5f}: the kernels read the weights differently"
     agree = (exl.argmax(-1) == ref.argmax(-1)).float().mean().item()
@@ -322,8 +329,8 @@ def test_linear_rope_x2_beyond_4096_positions(rope_dir: Path) -> None:
 
     ids = torch.randint(3, 512, (1, 6144), generator=torch.Generator().manual_seed(2))
     exl = _exl_logits(rope_dir, ids, 8192, rope_scale=2.0)[0, 4096:]
-    scaled = ReferenceLlama.load(rope_dir, rope_scale=2.0).logits(ids)[0, 4096:]
-    unscaled = ReferenceLlama.load(rope_dir, rope_scale=1.0).logits(ids)[0, 4096:]
+    scaled = ReferenceLlama.load(rope_dir, rope_scale=2.0).to("cuda").logits(ids)[0, 4096:].cpu()
+    unscaled = ReferenceLlama.load(rope_dir, rope_scale=1.0).to("cuda").logits(ids)[0, 4096:].cpu()
     assert _corr(exl, scaled) > 0.995, _corr(exl, scaled)
     assert (exl.argmax(-1) == scaled.argmax(-1)).float().mean().item() > 0.8
     assert _corr(exl, unscaled) < 0.95, "the logits do not depend on the RoPE scale: the control is too weak"
@@ -376,7 +383,7 @@ class FakeSettings:
         self.kwargs = kwargs
 
     @staticmethod
-    def greedy() -> "FakeSettings":
+    def greedy() -> FakeSettings:
         return FakeSettings(greedy=True)
 
 
