@@ -16,7 +16,7 @@ from typing import Any, Literal
 from ctxqa.rag import citations as cit
 from ctxqa.rag.config import Settings
 from ctxqa.rag.generate.base import Completion, Generator, GenParams
-from ctxqa.rag.profiles import Profile, choose_profile, get_profile
+from ctxqa.rag.profiles import Profile, get_profile
 from ctxqa.rag.prompt import pack_prompt
 from ctxqa.rag.retrieve.retriever import Retriever
 from ctxqa.rag.types import Answer, Blocks, Hit, Prompt, Usage
@@ -90,14 +90,9 @@ class Answerer:
     @cached_property
     def _model_profile(self) -> str:
         """The profile for the configured model: from its own name (GGUF general.name) or its file name."""
-        from ctxqa.rag.generate import GeneratorError, resolve_model_path
-        from ctxqa.rag.generate.inspect import inspect_model
+        from ctxqa.rag.generate.inspect import configured_profile
 
-        try:
-            path = resolve_model_path(self.settings.llm_model)
-            return inspect_model(path, self.settings, spec=self.settings.llm_model).profile.name
-        except GeneratorError:  # the model is missing or unreadable: loading it will say so; name-only guess here
-            return choose_profile(self.settings.llm_model).name
+        return configured_profile(self.settings).name
 
     # -- stages --------------------------------------------------------------------------------------------
     def prepare(self, questions: str | Sequence[str], opts: AskOptions | None = None) -> Prepared:

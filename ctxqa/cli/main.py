@@ -438,8 +438,8 @@ def models(path: Annotated[Optional[str], typer.Argument(help="A GGUF file or GP
            json_out: JsonOpt = False) -> None:
     """List prompt profiles and generation backends, or describe the model at PATH (no weights loaded)."""
     from ctxqa.rag.generate import GeneratorError, backend_status, resolve_model_path
-    from ctxqa.rag.generate.inspect import inspect_model
-    from ctxqa.rag.profiles import PROFILES, profile_for_model
+    from ctxqa.rag.generate.inspect import configured_profile, inspect_model
+    from ctxqa.rag.profiles import PROFILES
 
     ctx = _ctx()
     if path is not None:
@@ -454,7 +454,7 @@ def models(path: Annotated[Optional[str], typer.Argument(help="A GGUF file or GP
             t.add_row(field, value, style="red" if field == "problem" else None)
         return out.print(t)
     status = backend_status(ctx.settings)
-    chosen = ctx.settings.llm_profile or profile_for_model(ctx.settings.llm_model)
+    chosen = ctx.settings.llm_profile or configured_profile(ctx.settings).name
     profiles = {name: p for name, p in PROFILES.items() if p.name == name}
     if json_out:
         _print_json({"configured": {"backend": ctx.settings.llm_backend, "model": ctx.settings.llm_model,

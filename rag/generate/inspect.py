@@ -134,6 +134,17 @@ def inspect_model(path: Path, settings: Settings | None = None, *, spec: str | N
     raise GeneratorError(f"model not found: {path}")
 
 
+def configured_profile(settings: Settings) -> ProfileChoice:
+    """The profile for `settings.llm_model` when CTXQA_LLM_PROFILE is unset: from the model's own name (GGUF
+    general.name) or its file name; from the spec alone when the model is missing (loading it will say so)."""
+    from ctxqa.rag.generate import resolve_model_path
+
+    try:
+        return inspect_model(resolve_model_path(settings.llm_model), settings, spec=settings.llm_model).profile
+    except GeneratorError:
+        return choose_profile(settings.llm_model)
+
+
 # --- GGUF -------------------------------------------------------------------------------------------------------
 
 

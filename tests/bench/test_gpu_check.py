@@ -27,7 +27,7 @@ def test_the_dry_run_prepares_everything_up_to_the_first_cuda_call(shared_data: 
     whl = tmp_path / "whl"  # what `bash bench/gpu_check.sh --prepare` puts in .whl/ (pytest's wheels aside)
     shutil.copytree(wheels, whl)
     work, out = tmp_path / "work", tmp_path / "out"
-    env = {**os.environ, "OUT": str(out), "GPU_CHECK_WORK": str(work), "CTXQA_WHEELS": str(whl), "BENCH_LAYERS": "1",
+    env = {**os.environ, "OUT": str(out), "GPU_CHECK_WORK": str(work), "CTXQA_WHEELS": str(whl), "BENCH_LAYERS_DRY": "1",
            "PYTHON": sys.executable}
     r = subprocess.run(["bash", "bench/gpu_check.sh", "--dry-run"], cwd=ROOT, env=env, text=True, capture_output=True,
                        timeout=1800)
