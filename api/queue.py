@@ -6,7 +6,7 @@
 - At most `capacity` jobs wait; `submit` raises `QueueFull` beyond that (the API answers 503 with a
   Retry-After estimated from recent job durations).
 - `workers` jobs run at once: the generator's declared `max_concurrency` (1 for llama.cpp, which serialises
-  requests; the batch size for ExLlamaV2's dynamic generator).
+  requests; the batch size for ExLlamaV2: paged jobs with flash-attn, static batches without).
 - `Job.cancel()` (a client disconnected) sets the job's `threading.Event`: a waiting job is dropped before it
   starts, a running one stops at the next token (the backends check the event between tokens).
 """

@@ -16,16 +16,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, Literal
 
 from ctxqa.rag import citations as cit
 from ctxqa.rag.config import Settings
 from ctxqa.rag.errors import InvalidInput
 from ctxqa.rag.generate.base import Completion, Generator, GenParams
-from ctxqa.rag.profiles import Profile, get_profile, profile_for_model
+from ctxqa.rag.profiles import Profile, get_profile
 from ctxqa.rag.prompt import pack_prompt
 from ctxqa.rag.retrieve.retriever import Retriever
-from ctxqa.rag.types import Answer, Blocks, Citation, Hit, SentenceCheck, Usage, Verification
+from ctxqa.rag.types import Answer, Blocks, Citation, Hit, Prompt, SentenceCheck, Usage, Verification
 from ctxqa.rag.verify.live import LiveSentences
 from ctxqa.rag.verify.quote import Quote, select_quotes
 from ctxqa.rag.verify.verifier import Passage, Verifier
@@ -56,7 +57,7 @@ class Prepared:
     per_question: list[list[Hit]]
     relevant: list[bool]  # per question: did retrieval find anything relevant enough to answer from?
     mode: AnswerMode
-    prompt: str = ""
+    prompt: Prompt = field(default_factory=lambda: Prompt(()))  # user turn = data parts: no special tokens
     blocks: Blocks = field(default_factory=lambda: Blocks([], 0, 0))
     params: GenParams | None = None
     profile: Profile | None = None
@@ -149,7 +150,14 @@ class Answerer:
         return self._generator()
 
     def profile(self, name: str | None = None) -> Profile:
-        return get_profile(name or self.settings.llm_profile or profile_for_model(self.settings.llm_model))
+        return get_profile(name or self.settings.llm_profile or self._model_profile)
+
+    @cached_property
+    def _model_profile(self) -> str:
+        """The profile for the configured model: from its own name (GGUF general.name) or its file name."""
+        from ctxqa.rag.generate.inspect import configured_profile
+
+        return configured_profile(self.settings).name
 
     def mode(self, opts: AskOptions) -> AnswerMode:
         if opts.mode is not None:
@@ -268,7 +276,7 @@ class Answerer:
             # The model declined: any "sources" it listed would be fabricated support for nothing.
             timings["parse"] = time.perf_counter() - t
             return Answer(question, text or NOT_FOUND, [], prep.hits, len(blocks), prep.blocks.dropped, True,
-                          self._model_name(prep), usage, timings, completion.text, prep.prompt,
+                          self._model_name(prep), usage, timings, completion.text, prep.prompt.text,
                           grounding="abstained", mode="generate")
         timings["parse"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -282,7 +290,7 @@ class Answerer:
             citations = _inferred(check, prep)
         timings["verify"] = time.perf_counter() - t
         ans = Answer(question, text, citations, prep.hits, len(blocks), prep.blocks.dropped, False,
-                     self._model_name(prep), usage, timings, completion.text, prep.prompt,
+                     self._model_name(prep), usage, timings, completion.text, prep.prompt.text,
                      grounding=check.grounding, sentences=check.sentences, mode="generate")
         return self._apply_policy(ans, prep)
 

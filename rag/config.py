@@ -109,8 +109,12 @@ class Settings(BaseSettings):
         "from the documents (quote mode)."))
     llm_model: str = Field(DEFAULT_LLM, description="GGUF file / GPTQ or EXL2 dir, or 'bundled:smollm2'.")
     llm_profile: str | None = Field(None, description="Prompt template profile; default: from the model.")
-    llm_context_length: int | None = Field(None, description="Override the profile's context length.")
-    llm_rope_scale: float | None = Field(None, description="Linear RoPE scale (airophin: 2.0).")
+    llm_context_length: int | None = Field(None, ge=1, description=(
+        "Context length; default: the model file's (llama.cpp: at most 4096 unless the profile is position-"
+        "interpolated, like airophin's 8192), then the profile's."))
+    llm_rope_scale: float | None = Field(None, gt=0.0, description=(
+        "Linear RoPE scale (position interpolation; airophin: 2.0); default: the model file's, then the profile's. "
+        "1.0 forces no scaling."))
     llm_rope_alpha: float | None = Field(None, description="NTK RoPE alpha (ExLlamaV2).")
     llm_gpu_layers: int = 0
     llm_threads: int | None = None
@@ -118,7 +122,13 @@ class Settings(BaseSettings):
         "llama.cpp: use its extra CPU buffer types (AMX / repacked weights). Off by default: with llama-cpp-python "
         "0.3.36 built on an AMX CPU they crash the process at the first decode (SmolLM2 Q4_1, seen here)."))
     llm_cache: Literal["fp16", "q8", "q6", "q4"] = "fp16"
-    llm_max_batch_size: int = 8
+    llm_max_batch_size: int = Field(8, ge=1, description="ExLlamaV2: requests generated together.")
+    llm_cache_tokens: int | None = Field(None, ge=1, description=(
+        "ExLlamaV2 KV cache size in tokens (paged: shared by all jobs; without flash-attn: whole rows of the "
+        "context length). Default: context x batch size, or as much as fits the free VRAM after the weights and "
+        "llm_vram_reserve_mb."))
+    llm_vram_reserve_mb: int = Field(2048, ge=0, description=(
+        "ExLlamaV2: GPU memory (MiB) kept free of weights and cache, for scratch buffers and attention."))
     max_new_tokens: int = 256
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy; the cards say 'very low'.")
     seed: int = 0

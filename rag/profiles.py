@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from ctxqa.rag.types import Prompt, PromptPart
+
 TemplateKind = Literal["vicuna11", "vicuna", "alpaca", "llama2-chat", "chatml-ish", "chatml"]
 Backend = Literal["llama_cpp", "exllamav2"]
 
@@ -185,50 +187,90 @@ def render(profile: Profile, prompt: str, system: str | None = None) -> str:
     `system=None` uses the profile's default system prompt; `system=""` renders the template without one
     (the templates that have an optional system section then leave it out entirely).
     """
+    return render_prompt(profile, prompt, system).text
+
+
+def render_prompt(profile: Profile, prompt: str, system: str | None = None) -> Prompt:
+    """`render`, with the user turn marked as data: the backends never read special tokens out of it."""
+    before, after = _frame(profile, system)
+    return Prompt((PromptPart(before), PromptPart(prompt, data=True), PromptPart(after)))
+
+
+def _frame(profile: Profile, system: str | None) -> tuple[str, str]:
+    """The template text before and after the user turn."""
     sys_text = profile.system_prompt if system is None else system
     kind = profile.template
     if kind == "vicuna11":
         # vicuna v1.1 as the airoboros cards write it: one space between the parts, one after "ASSISTANT:".
-        return f"{sys_text} USER: {prompt} ASSISTANT: " if sys_text else f"USER: {prompt} ASSISTANT: "
+        return (f"{sys_text} USER: " if sys_text else "USER: "), " ASSISTANT: "
     if kind == "vicuna":
-        return f"{sys_text}\nUSER: {prompt}\nASSISTANT: " if sys_text else f"USER: {prompt}\nASSISTANT: "
+        return (f"{sys_text}\nUSER: " if sys_text else "USER: "), "\nASSISTANT: "
     if kind == "alpaca":
-        body = f"{sys_text}\n{prompt}" if sys_text else prompt
-        return f"{ALPACA_PREAMBLE}\n\n### Instruction:\n{body}\n\n### Response:\n"
+        head = f"{ALPACA_PREAMBLE}\n\n### Instruction:\n"
+        return (f"{head}{sys_text}\n" if sys_text else head), "\n\n### Response:\n"
     if kind == "llama2-chat":
         if sys_text:
-            return f"[INST] <<SYS>>\n{sys_text}\n<</SYS>>\n\n{prompt} [/INST]"
-        return f"[INST] {prompt} [/INST]"
+            return f"[INST] <<SYS>>\n{sys_text}\n<</SYS>>\n\n", " [/INST]"
+        return "[INST] ", " [/INST]"
     if kind == "chatml-ish":
-        turns = [("system", sys_text)] if sys_text else []
-        turns.append(("user", prompt))
-        rendered = "".join(f"{profile.bos}{role}\n{text}\n{profile.eos}" for role, text in turns)
-        return f"{rendered}{profile.bos}assistant\n"
+        turns = f"{profile.bos}system\n{sys_text}\n{profile.eos}" if sys_text else ""
+        return f"{turns}{profile.bos}user\n", f"\n{profile.eos}{profile.bos}assistant\n"
     if kind == "chatml":
         sys_part = f"<|im_start|>system\n{sys_text}<|im_end|>\n" if sys_text else ""
-        return f"{sys_part}<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+        return f"{sys_part}<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n"
     raise ValueError(f"profile {profile.name!r} has unknown template kind {kind!r}")  # pragma: no cover
 
 
-# Ordered (pattern, profile) rules for `profile_for_model`; first match wins, so specific names come first.
+# Ordered (pattern, profile) rules for `choose_profile`; first match wins, so specific names come first.
 _MODEL_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"airophin"), "airophin"),
-    (re.compile(r"smol\s*lm|chatml|qwen"), "chatml"),
+    (re.compile(r"smol-?lm|chatml|qwen"), "chatml"),
     (re.compile(r"bagel"), "llama2-chat"),
+    # airoboros on MPT exists only as gpt4-1.4 (airoboros-mpt-30b-gpt4-1p4-five-epochs): the 1.4 template.
+    (re.compile(r"airoboros.*mpt|mpt.*airoboros"), "airoboros-1.4"),
     (re.compile(r"airoboros.*(?:m2\.0|2\.0|1\.4\.1|2p0|1p4p1)"), "airoboros-2.0"),
     (re.compile(r"airoboros.*(?:1\.4|1p4)"), "airoboros-1.4"),
 )
+DEFAULT_PROFILE = "airoboros-2.0"
+
+
+@dataclass(frozen=True)
+class ProfileChoice:
+    """The profile picked for a model, and why (shown by `ctxqa models`)."""
+
+    name: str
+    reason: str
+
+
+def _normalise(name: str) -> str:
+    # GGUF general.name is free text ("Airoboros Mpt 30b Gpt4 1p4 Five Epochs"); file names use - or _.
+    return re.sub(r"[\s_]+", "-", name.strip().lower())
+
+
+def _match(name: str) -> str | None:
+    key = _normalise(name)
+    return next((profile for pattern, profile in _MODEL_RULES if pattern.search(key)), None)
+
+
+def choose_profile(path_or_name: str, model_name: str | None = None) -> ProfileChoice:
+    """Pick the profile from the model's own name (GGUF `general.name`) when a rule knows it, else from the file
+    or directory name (only the last path component counts), else the default.
+
+    bagel was trained on all four of alpaca/vicuna/llama-2 chat/chatml-ish; llama-2 chat is its default here
+    because its [INST] markers are distinct tokens-wise and its stop string cannot occur in ordinary answers.
+    Unknown names default to airoboros-2.0, the format the context-obedient training data used most.
+    """
+    if model_name:
+        found = _match(model_name)
+        if found:
+            return ProfileChoice(found, f"from the model's name {model_name!r}")
+    base = re.split(r"[\\/]", path_or_name.rstrip("/\\"))[-1]
+    found = _match(base)
+    if found:
+        return ProfileChoice(found, f"from the file name {base!r}")
+    return ProfileChoice(DEFAULT_PROFILE, f"default: no rule matches {model_name or base!r}")
 
 
 def profile_for_model(path_or_name: str) -> str:
-    """Guess the profile name from a model file or directory name (only the last path component counts).
-
-    bagel was trained on all four of alpaca/vicuna/llama-2 chat/chatml-ish; llama-2 chat is chosen because its
-    [INST] markers are distinct tokens-wise and its stop string cannot occur in ordinary answers.
-    Unknown names default to airoboros-2.0, the format the context-obedient training data used most.
-    """
-    base = re.split(r"[\\/]", path_or_name.rstrip("/\\"))[-1].lower().replace("_", "-")
-    for pattern, name in _MODEL_RULES:
-        if pattern.search(base):
-            return name
-    return "airoboros-2.0"
+    """The profile name for a model file or directory name (see `choose_profile`)."""
+    return choose_profile(path_or_name).name

@@ -35,10 +35,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
-from ctxqa.rag.profiles import Profile, render
-from ctxqa.rag.types import Block, Blocks, Hit
+from ctxqa.rag.profiles import Profile, render_prompt
+from ctxqa.rag.types import Block, Blocks, Hit, Prompt, PromptPart
 
-CountTokens = Callable[[str], int]
+# Counts what the backend will feed: a Prompt's data parts are tokenized as plain text (no special tokens).
+CountTokens = Callable[[Prompt], int]
 
 _MARKER_RE = re.compile(r"(BEGIN|END)(INPUT|CONTEXT|INSTRUCTION)", re.IGNORECASE)
 _WS_RE = re.compile(r"\s+")
@@ -228,7 +229,7 @@ def build_blocks(
     admitted = 0
     for k in range(1, len(hits) + 1):
         candidate = _make_blocks(_group_hits(hits[:k], merge_adjacent), extra)
-        tokens = count_tokens(render_blocks(candidate))
+        tokens = count_tokens(Prompt((PromptPart(render_blocks(candidate), data=True),)))
         if tokens > budget_tokens:
             break
         best, best_tokens, admitted = candidate, tokens, k
@@ -286,9 +287,10 @@ def pack_prompt(
     system: str | None = None,
     ask_sources: bool = True,
     merge_adjacent: bool = True,
-) -> tuple[str, Blocks]:
+) -> tuple[Prompt, Blocks]:
     """The final templated prompt and its blocks, guaranteed to satisfy
-    ``count_tokens(prompt) + max_new_tokens <= context_length``.
+    ``count_tokens(prompt) + max_new_tokens <= context_length``. The user turn (blocks and instruction) is a
+    data part of the Prompt: the backend never reads special tokens out of retrieved text or the question.
 
     The block budget starts as context minus generation minus the template-with-instruction-only; since token
     counts of pieces do not add up exactly, the assembled prompt is re-counted and the budget shrunk by the
@@ -296,7 +298,7 @@ def pack_prompt(
     """
     if max_new_tokens < 0 or context_length <= 0:
         raise ValueError("context_length must be positive and max_new_tokens non-negative")
-    bare = render(profile, build_prompt([], questions, ask_sources), system)
+    bare = render_prompt(profile, build_prompt([], questions, ask_sources), system)
     bare_tokens = count_tokens(bare)
     if bare_tokens + max_new_tokens > context_length:
         raise ValueError(
@@ -307,7 +309,7 @@ def pack_prompt(
     budget = context_length - max_new_tokens - bare_tokens
     while True:
         blocks = build_blocks(hits, budget, count_tokens, merge_adjacent=merge_adjacent)
-        prompt = render(profile, build_prompt(blocks, questions, ask_sources), system)
+        prompt = render_prompt(profile, build_prompt(blocks, questions, ask_sources), system)
         overflow = count_tokens(prompt) + max_new_tokens - context_length
         if overflow <= 0:
             return prompt, blocks

@@ -139,6 +139,42 @@ class Blocks:
     tokens: int  # tokens used by the rendered blocks
 
 
+@dataclass(frozen=True)
+class PromptPart:
+    """A piece of a rendered prompt. `data` parts (retrieved text, the question) are always tokenized as plain
+    text; template parts are the model format's own text and may spell its special tokens (``<|im_start|>``)."""
+
+    text: str
+    data: bool = False
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A rendered prompt that remembers which characters are data.
+
+    The backends tokenize it as one string, except that special-token spellings are honoured in template parts
+    only: a document that contains ``</s>`` or ``<|im_end|>`` can never end the turn (DESIGN.md: retrieved text is
+    data). A plain `str` given to a backend is all template (trusted text, e.g. a hand-written chat prompt).
+    """
+
+    parts: tuple[PromptPart, ...]
+
+    @classmethod
+    def template(cls, text: str) -> Prompt:
+        return cls((PromptPart(text),))
+
+    @classmethod
+    def of(cls, prompt: str | Prompt) -> Prompt:
+        return prompt if isinstance(prompt, Prompt) else cls.template(prompt)
+
+    @property
+    def text(self) -> str:
+        return "".join(p.text for p in self.parts)
+
+    def __str__(self) -> str:
+        return self.text
+
+
 CitationStatus = Literal["verified", "unverified", "inferred"]
 
 

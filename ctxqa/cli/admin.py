@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -11,9 +11,10 @@ from ctxqa.cli.common import CollectionOpt, JsonOpt, context, fail, out, print_j
 from ctxqa.rag.db import repo
 from ctxqa.rag.db.models import Collection
 from ctxqa.rag.db.session import Database
-from ctxqa.rag.generate import backend_status
+from ctxqa.rag.generate import GeneratorError, backend_status, resolve_model_path
+from ctxqa.rag.generate.inspect import configured_profile, inspect_model
 from ctxqa.rag.index.store import IndexStore
-from ctxqa.rag.profiles import PROFILES, profile_for_model
+from ctxqa.rag.profiles import PROFILES
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 
@@ -106,11 +107,25 @@ def reindex(collection: CollectionOpt = None) -> None:
         out.print(f"{c.name}: rebuilt {idx.index_type} index with {idx.ntotal} vectors")
 
 
-def models(json_out: JsonOpt = False) -> None:
-    """List prompt profiles and generation backends, and whether each can load here."""
+def models(path: Annotated[Optional[str], typer.Argument(help="A GGUF file or GPTQ/EXL2 directory to describe.")] = None,
+           json_out: JsonOpt = False) -> None:
+    """List prompt profiles and generation backends, or describe the model at PATH (no weights loaded)."""
     ctx = context()
+    if path is not None:
+        try:
+            info = inspect_model(resolve_model_path(path), ctx.settings, spec=path)
+        except GeneratorError as e:
+            fail(str(e), 2)
+        if json_out:
+            print_json(info.to_dict())
+            return
+        t = Table("field", "value", show_header=False)
+        for field, value in info.rows():
+            t.add_row(field, value, style="red" if field == "problem" else None)
+        out.print(t)
+        return
     status = backend_status(ctx.settings)
-    chosen = ctx.settings.llm_profile or profile_for_model(ctx.settings.llm_model)
+    chosen = ctx.settings.llm_profile or configured_profile(ctx.settings).name
     profiles = {name: p for name, p in PROFILES.items() if p.name == name}
     if json_out:
         print_json({"configured": {"backend": ctx.settings.llm_backend, "model": ctx.settings.llm_model,

@@ -85,63 +85,44 @@ def _bundled_gguf(name: str) -> Path:
     return existing[0]
 
 
-def load_generator(
-    settings: Settings,
-    *,
-    context_length: int | None = None,
-    rope_scale: float | None = None,
-    profile: Any = None,
-) -> Generator:
+def load_generator(settings: Settings) -> Generator:
     """Load the backend named by `settings.llm_backend` with `settings.llm_model`.
 
-    `context_length` / `rope_scale` (or a profile object carrying them) are the model family's defaults;
-    `settings.llm_context_length` / `settings.llm_rope_scale` override them. With neither, each backend uses
-    the model's own metadata (llama.cpp caps the context at 4096 to bound KV-cache memory).
+    Context length and RoPE scale come from `inspect.plan_load`: the settings, else the model file, else the
+    profile (see rag/generate/inspect.py); `ctxqa models` shows the same plan.
     """
-    if profile is None and settings.llm_profile:
-        profile = _lookup_profile(settings.llm_profile)
-    if profile is not None:
-        context_length = context_length or getattr(profile, "context_length", None)
-        rope_scale = rope_scale or getattr(profile, "rope_scale", None)
-    n_ctx = settings.llm_context_length or context_length
-    scale = settings.llm_rope_scale or rope_scale
-    if scale == 1.0:
-        scale = None  # 1.0 means "no scaling": leave the model's own setting alone
+    from ctxqa.rag.generate.inspect import inspect_model
 
     backend = settings.llm_backend
+    if backend not in BACKENDS:
+        raise GeneratorError(f"unknown llm_backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    path = resolve_model_path(settings.llm_model)
+    plan = inspect_model(path, settings, spec=settings.llm_model).plan
     if backend == "llama_cpp":
         from ctxqa.rag.generate.llama_cpp import LlamaCppGenerator
 
         return LlamaCppGenerator(
-            resolve_model_path(settings.llm_model),
-            context_length=n_ctx,
+            path,
+            context_length=plan.context_length,
             gpu_layers=settings.llm_gpu_layers,
             threads=settings.llm_threads,
             seed=settings.seed,
-            rope_scale=scale,
+            rope_scale=plan.rope_scale,
             rope_alpha=settings.llm_rope_alpha,
             extra_buffers=settings.llm_extra_buffers,
         )
-    if backend == "exllamav2":
-        from ctxqa.rag.generate.exllamav2 import ExLlamaV2Generator
+    from ctxqa.rag.generate.exllamav2 import ExLlamaV2Generator
 
-        return ExLlamaV2Generator(
-            settings.llm_model,
-            context_length=n_ctx,
-            rope_scale=scale,
-            rope_alpha=settings.llm_rope_alpha,
-            cache=settings.llm_cache,
-            max_batch_size=settings.llm_max_batch_size,
-        )
-    raise GeneratorError(f"unknown llm_backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-
-
-def _lookup_profile(name: str) -> Any:
-    try:
-        from ctxqa.rag.profiles import get_profile
-    except ImportError:  # profiles are optional for the backends: the model metadata has defaults
-        return None
-    return get_profile(name)
+    return ExLlamaV2Generator(
+        path,
+        context_length=plan.context_length,
+        rope_scale=plan.rope_scale,
+        rope_alpha=settings.llm_rope_alpha,
+        cache=settings.llm_cache,
+        max_batch_size=settings.llm_max_batch_size,
+        cache_tokens=settings.llm_cache_tokens,
+        reserve_mb=settings.llm_vram_reserve_mb,
+    )
 
 
 # --- status for `ctxqa models` -----------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ stream of text deltas that ends with the `Completion` (`stream`).
 Shared rules, implemented once here so the backends cannot drift apart:
 - the prompt is encoded exactly once, by the model's own tokenizer; `count_tokens` uses the same encoding, so
   what the prompt packer counts is what the model is fed (BOS included);
+- a prompt is a `str` (all template: special-token spellings such as ``<|im_start|>`` become special tokens) or a
+  `Prompt` whose data parts (retrieved text, the question) are always plain text (`special_tokens.token_runs`);
 - prompt tokens + `max_new_tokens` must fit the context window, or `ContextOverflowError` is raised *before*
   any work is queued;
 - stop strings are cut from the output, and the stream never emits a prefix of a stop string that could still
@@ -21,6 +23,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
+
+from ctxqa.rag.types import Prompt
 
 if TYPE_CHECKING:
     from ctxqa.rag.config import Settings
@@ -166,8 +170,9 @@ class Generator(ABC):
     max_concurrency: int = 1
 
     @abstractmethod
-    def _encode(self, prompt: str) -> Any:
-        """Token ids exactly as the model will be fed (any sized container: list, tensor)."""
+    def _encode(self, prompt: Prompt) -> Any:
+        """Token ids exactly as the model will be fed (any sized container: list, tensor); special tokens only
+        from the prompt's template parts."""
 
     @abstractmethod
     def _stream(
@@ -175,27 +180,27 @@ class Generator(ABC):
     ) -> Iterator[str | Completion]:
         """Decode loop; must yield non-empty text deltas, then exactly one Completion as the last item."""
 
-    def count_tokens(self, text: str) -> int:
-        return _length(self._encode(text))
+    def count_tokens(self, text: str | Prompt) -> int:
+        return _length(self._encode(Prompt.of(text)))
 
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
         if prompt_tokens + max_new_tokens > self.context_length:
             raise ContextOverflowError(prompt_tokens, max_new_tokens, self.context_length)
 
     def stream(
-        self, prompt: str, params: GenParams, cancel: threading.Event | None = None
+        self, prompt: str | Prompt, params: GenParams, cancel: threading.Event | None = None
     ) -> Iterator[str | Completion]:
         """Text deltas, then the `Completion` (whose text is the concatenation of the deltas).
 
         Not a generator function itself: the prompt is encoded and checked against the context window right
         here, so an overflow raises at call time rather than on the first `next()`.
         """
-        encoded = self._encode(prompt)
+        encoded = self._encode(Prompt.of(prompt))
         n_prompt = _length(encoded)
         self.check_fits(n_prompt, params.max_new_tokens)
         return self._stream(encoded, n_prompt, params, cancel)
 
-    def generate(self, prompt: str, params: GenParams) -> Completion:
+    def generate(self, prompt: str | Prompt, params: GenParams) -> Completion:
         # Built on `stream` on purpose: one decode path means streamed and non-streamed answers cannot differ.
         for item in self.stream(prompt, params):
             if isinstance(item, Completion):

@@ -6,8 +6,13 @@ Design notes
   split across tokens is dropped) and it re-detokenizes the whole completion per token. Owning the loop gives
   exact UTF-8 handling (an incremental decoder), our own stop-string hold-back (`StopFilter`), EOS handling for
   every end-of-generation token, and a cancellation check between tokens.
-- The prompt is tokenized once with `tokenize(add_bos=True, special=True)` (add_bos=True means "add BOS if the
-  model's metadata asks for it"); `count_tokens` uses the same call, so counts match what is fed.
+- The prompt is tokenized once: BOS if the model's metadata asks for it, the template's special tokens (the
+  vocabulary's CONTROL tokens, spelled in the template parts of a `Prompt`), and every stretch of text between them
+  with `tokenize(special=False)`, so retrieved text never becomes a control token (`special_tokens.py`). For text
+  without special spellings in its data this gives exactly llama.cpp's `tokenize(special=True)`. `count_tokens`
+  uses the same encoding, so counts match what is fed.
+- Context length and RoPE scaling come from the GGUF file (llama.cpp reads `{arch}.rope.scaling.*` itself);
+  `context_length` / `rope_scale` override them (rope_scale=1.0 means "no scaling", even if the file has some).
 - One `Llama` context is not thread-safe: a lock serialises requests (a second caller waits). Tokenizing only
   reads the vocabulary, so `count_tokens` does not take the lock and never waits behind a long generation.
 - llama.cpp's extra CPU buffer types (weights repacked for AMX / AVX512 kernels) are off unless
@@ -33,12 +38,13 @@ from pathlib import Path
 from typing import Any
 
 from ctxqa.rag.generate.base import Completion, FinishReason, Generator, GeneratorError, GenParams, StopFilter
+from ctxqa.rag.generate.gguf_file import read_gguf_metadata
+from ctxqa.rag.generate.inspect import DEFAULT_MAX_CONTEXT  # without a context length: the file's, capped
+from ctxqa.rag.generate.special_tokens import SpecialSplitter
+from ctxqa.rag.types import Prompt
 
 log = logging.getLogger(__name__)
 
-# Without an explicit context length, use the model's training context but at most this many tokens: the KV
-# cache is allocated up front (bagel-8x7b trains on 32k, which would cost gigabytes of RAM for nothing).
-DEFAULT_MAX_CONTEXT = 4096
 
 
 _params_lock = threading.Lock()
@@ -100,9 +106,12 @@ class LlamaCppGenerator(Generator):
         n_ctx = context_length or (min(n_ctx_train, DEFAULT_MAX_CONTEXT) if n_ctx_train else DEFAULT_MAX_CONTEXT)
 
         kwargs: dict[str, Any] = {}
-        if rope_scale and rope_scale != 1.0:
+        if rope_scale is not None:
             # Linear RoPE scaling (position interpolation) = positions compressed by the factor; llama.cpp takes
-            # the frequency scale, i.e. its inverse (airophin: factor 2 -> rope_freq_scale 0.5).
+            # the frequency scale, i.e. its inverse (airophin: factor 2 -> rope_freq_scale 0.5). Without it
+            # llama.cpp uses the file's own scaling (rope_freq_scale 0 = "from the model").
+            if rope_scale <= 0:
+                raise GeneratorError(f"llm_rope_scale must be > 0 (1.0 = no scaling), got {rope_scale}")
             kwargs["rope_freq_scale"] = 1.0 / rope_scale
         if rope_alpha and rope_alpha != 1.0:
             # NTK-aware alpha as ExLlama defines it: base' = base * alpha ** (d / (d - 2)), d = head dim.
@@ -136,6 +145,8 @@ class LlamaCppGenerator(Generator):
         self._bos = int(self._llm.token_bos())
         # Does tokenize(add_bos=True) actually prepend BOS for this model (GGUF add_bos_token)?
         self._auto_bos = self._llm.tokenize(b"", add_bos=True, special=True)[:1] == [self._bos]
+        self.special_ids = _special_tokens(llama_cpp, self._llm)
+        self._splitter = SpecialSplitter(self.special_ids)
         log.info(
             "llama.cpp: %s n_ctx=%d (trained %d) gpu_layers=%d threads=%s %s",
             path.name, self.context_length, n_ctx_train, gpu_layers, threads or "auto", kwargs or "",
@@ -143,8 +154,13 @@ class LlamaCppGenerator(Generator):
 
     # --- Generator API ----------------------------------------------------------------------------------------
 
-    def _encode(self, prompt: str) -> list[int]:
-        ids = list(self._llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
+    def _encode(self, prompt: Prompt) -> list[int]:
+        ids = [self._bos] if self._auto_bos else []
+        for run in self._splitter.runs(prompt):
+            if run.special:
+                ids.append(self.special_ids[run.text])
+            else:
+                ids.extend(self._llm.tokenize(run.text.encode("utf-8"), add_bos=False, special=False))
         # A template that writes BOS itself (chatml-ish "{bos}...") plus the automatic BOS would double it.
         if self._auto_bos and len(ids) >= 2 and ids[0] == ids[1] == self._bos:
             ids = ids[1:]
@@ -245,6 +261,19 @@ class LlamaCppGenerator(Generator):
                 self._llm = None  # type: ignore[assignment]
 
 
+def _special_tokens(llama_cpp: Any, llm: Any) -> dict[str, int]:
+    """Spelling -> id of the tokens llama.cpp reads out of text only with special=True (CONTROL and UNKNOWN:
+    `tokenizer_st_partition` skips those when parse_special is off; USER_DEFINED ones are matched either way)."""
+    vocab = llm._model.vocab
+    wanted = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+    out: dict[str, int] = {}
+    for i in range(int(llama_cpp.llama_vocab_n_tokens(vocab))):
+        if llama_cpp.llama_vocab_get_attr(vocab, i) & wanted:
+            text = llama_cpp.llama_vocab_get_text(vocab, i).decode("utf-8", errors="replace")
+            out.setdefault(text, i)
+    return out
+
+
 def _read_metadata(llama_cpp: Any, path: Path) -> dict[str, Any]:
     """GGUF metadata (scalar keys) to size the context before the real load allocates the KV cache.
 
@@ -263,53 +292,3 @@ def _read_metadata(llama_cpp: Any, path: Path) -> dict[str, Any]:
         return dict(probe.metadata)
     finally:
         probe.close()
-
-
-# GGUF value types -> struct format (little-endian); 8 = string, 9 = array.
-_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-
-
-def read_gguf_metadata(path: Path) -> dict[str, Any]:
-    """Key/value metadata of a GGUF v2/v3 file; arrays (the vocabulary...) are skipped, not returned."""
-    with path.open("rb") as f:
-
-        def read(fmt: str) -> Any:
-            size = struct.calcsize("<" + fmt)
-            data = f.read(size)
-            if len(data) != size:
-                raise ValueError("truncated GGUF header")
-            return struct.unpack("<" + fmt, data)[0]
-
-        def read_str() -> str:
-            return f.read(read("Q")).decode("utf-8", errors="replace")
-
-        def skip(vtype: int) -> None:
-            if vtype == 8:
-                f.seek(read("Q"), 1)
-            elif vtype == 9:
-                etype, count = read("I"), read("Q")
-                if etype in _GGUF_SCALARS:
-                    f.seek(struct.calcsize("<" + _GGUF_SCALARS[etype]) * count, 1)
-                else:
-                    for _ in range(count):
-                        skip(etype)
-            elif vtype in _GGUF_SCALARS:
-                f.seek(struct.calcsize("<" + _GGUF_SCALARS[vtype]), 1)
-            else:
-                raise ValueError(f"unknown GGUF value type {vtype}")
-
-        if f.read(4) != b"GGUF":
-            raise ValueError(f"{path} is not a GGUF file")
-        if read("I") not in (2, 3):
-            raise ValueError("unsupported GGUF version")
-        read("Q")  # tensor count
-        meta: dict[str, Any] = {}
-        for _ in range(read("Q")):
-            key, vtype = read_str(), read("I")
-            if vtype == 8:
-                meta[key] = read_str()
-            elif vtype in _GGUF_SCALARS:
-                meta[key] = read(_GGUF_SCALARS[vtype])
-            else:
-                skip(vtype)
-        return meta

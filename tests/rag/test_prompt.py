@@ -19,14 +19,14 @@ from ctxqa.rag.prompt import (
     render_block,
     render_blocks,
 )
-from ctxqa.rag.types import Block, Blocks, Hit
+from ctxqa.rag.types import Block, Blocks, Hit, Prompt
 
 MARKERS = ("BEGININPUT", "ENDINPUT", "BEGINCONTEXT", "ENDCONTEXT", "BEGININSTRUCTION", "ENDINSTRUCTION")
 
 
-def words(text: str) -> int:
+def words(text: str | Prompt) -> int:
     """Fake tokenizer: whitespace-separated words."""
-    return len(text.split())
+    return len(str(text).split())
 
 
 def make_hit(chunk_id: int, **kw: Any) -> Hit:
@@ -352,7 +352,8 @@ def test_pack_prompt_respects_context(profile_name: str, context_length: int) ->
     profile = get_profile(profile_name)
     prompt, blocks = pack_prompt(five_hits(), ["What is w?"], profile, words, context_length, 20)
     assert words(prompt) + 20 <= context_length
-    assert prompt == render(profile, build_prompt(blocks, ["What is w?"]))
+    assert prompt.text == render(profile, build_prompt(blocks, ["What is w?"]))
+    assert [p.data for p in prompt.parts] == [False, True, False], "the user turn is data"
     assert len(blocks.blocks) + blocks.dropped == 5
 
 
@@ -371,7 +372,8 @@ def test_pack_prompt_fills_what_fits() -> None:
 def test_pack_prompt_shrinks_when_counts_are_not_additive() -> None:
     """A tokenizer that charges extra for the join between blocks and instruction: the first estimate overflows."""
 
-    def sticky(text: str) -> int:
+    def sticky(prompt: str | Prompt) -> int:
+        text = str(prompt)
         return len(text.split()) + 3 * text.count("ENDINPUT\nBEGININSTRUCTION")
 
     profile = get_profile("chatml")
@@ -389,5 +391,5 @@ def test_pack_prompt_question_too_long() -> None:
 
 def test_pack_prompt_with_custom_system_and_no_hits() -> None:
     prompt, blocks = pack_prompt([], ["Q?"], get_profile("airoboros-1.4"), words, 100, 10, system="S.")
-    assert prompt == "S. USER: " + build_instruction(["Q?"]) + " ASSISTANT: "
+    assert prompt.text == "S. USER: " + build_instruction(["Q?"]) + " ASSISTANT: "
     assert blocks.blocks == [] and blocks.dropped == 0

@@ -1,10 +1,13 @@
 """ExLlamaV2 backend.
 
 Without CUDA, constructing the backend must fail with a clear, actionable GeneratorError: that test runs for
-real on CPU machines. The rest needs an NVIDIA GPU and exllamav2 0.3.2 and is skipped elsewhere with the reason:
-it builds a random-weight GPTQ Llama with scripts/make_gptq_llama.py (act-order, group size 32, like the
-airophin/airoboros GPTQ files) and drives the real backend: greedy generate/stream equality, EOS and stop-string
-stops, concurrent jobs, cancellation, the context check, and logits against a dequantized fp32 reference.
+real on CPU machines, and so does the paged mode's request/thread protocol against a stand-in generator (at the
+end). The rest needs an NVIDIA GPU and exllamav2 0.3.2 and is skipped elsewhere with the reason: it builds a
+random-weight GPTQ Llama with scripts/make_gptq_llama.py (act-order, group size 32, like the airophin/airoboros
+GPTQ files) and drives the real backend: greedy generate/stream equality, EOS and stop-string stops, concurrent
+requests (batched: they must overlap, and give the answers they give alone), cancellation, the context check,
+logits against the pure-torch reference (llama_reference.py), and linear RoPE x2 beyond 4096 positions.
+bench/gpu_check.sh runs these on the GPU machine, plus the figures.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import pytest
 import torch
@@ -31,6 +34,8 @@ from ctxqa.rag.generate import (
     backend_status,
     load_generator,
 )
+from ctxqa.rag.generate.exllamav2 import TokenizerText
+from ctxqa.rag.types import Prompt, PromptPart
 
 SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "make_gptq_llama.py"
 HAVE_CUDA = torch.cuda.is_available()
@@ -189,10 +194,12 @@ def test_eos_token_stops_generation(exl, model_dir: Path, tmp_path: Path) -> Non
 
 
 @gpu
-def test_concurrent_jobs_match_sequential_results(exl) -> None:
+def test_concurrent_requests_are_batched_and_match_sequential_results(exl) -> None:
     params = GenParams(max_new_tokens=16)
-    prompts = [PROMPT + f"BEGININSTRUCTION\nQuestion {i}?\nENDINSTRUCTION\n" for i in range(6)]
+    # Different lengths: batched rows are left-padded, and must still answer exactly as alone.
+    prompts = [PROMPT * (1 + i % 3) + f"BEGININSTRUCTION\nQuestion {i}?\nENDINSTRUCTION\n" for i in range(6)]
     expected = [exl.generate(p, params).text for p in prompts]
+    before = exl.peak_batch
     results: dict[int, str] = {}
     barrier = threading.Barrier(len(prompts))
 
@@ -205,6 +212,9 @@ def test_concurrent_jobs_match_sequential_results(exl) -> None:
         t.start()
     for t in threads:
         t.join(timeout=120)
+    assert exl.max_concurrency == 4
+    # The requests ran together, not one after another (paged jobs or one static batch, either way).
+    assert exl.peak_batch >= 2 and exl.peak_batch > before, (exl.paged, exl.peak_batch)
     # No cross-talk between batched jobs: each answer is its own prompt's answer. Exact equality is required for
     # most of them; batched fp16 kernels may legitimately flip a late greedy near-tie of this random-weight model,
     # so one answer is allowed to diverge after a shared start.
@@ -249,53 +259,101 @@ def test_context_overflow_is_checked_before_enqueue(exl) -> None:
 
 
 @gpu
-def test_linear_rope_scale_and_quantized_cache_load(model_dir: Path) -> None:
+def test_quantized_cache_loads_and_generates(model_dir: Path) -> None:
     from ctxqa.rag.generate.exllamav2 import ExLlamaV2Generator
 
-    with ExLlamaV2Generator(model_dir, context_length=4096, rope_scale=2.0, cache="q4", max_batch_size=2) as g:
-        assert g.context_length == 4096 and g._model.config.scale_pos_emb == 2.0
+    with ExLlamaV2Generator(model_dir, context_length=1024, cache="q4", max_batch_size=2) as g:
+        assert g.plan.batch_size == 2 and g.cache_tokens >= 1024
         assert g.generate(PROMPT, GenParams(max_new_tokens=8)).completion_tokens == 8
 
 
-@gpu
-def test_logits_match_a_dequantized_fp32_reference(model_dir: Path) -> None:
-    """The GPTQ packing convention as ExLlamaV2's CUDA kernels read it (zero offset, nibble order, act-order
-    g_idx) agrees with the pure-torch dequantization: same logits up to fp16 noise."""
-    transformers = pytest.importorskip("transformers")
-    from exllamav2 import ExLlamaV2, ExLlamaV2Config
-    from safetensors.torch import load_file
+def _exl_logits(model_dir: Path, ids: torch.Tensor, max_seq_len: int, rope_scale: float | None = None) -> torch.Tensor:
+    """All-position logits from the real ExLlamaV2 model, configured the way the backend configures it."""
+    from exllamav2 import ExLlamaV2, ExLlamaV2Cache, ExLlamaV2Config
+
+    from ctxqa.rag.generate.exl_support import configure_attention
+    from ctxqa.rag.generate.exllamav2 import flash_attn_paged_available
 
     config = ExLlamaV2Config(str(model_dir))
-    config.max_seq_len = 256
+    config.max_seq_len = max_seq_len
+    if rope_scale is not None:
+        config.scale_pos_emb = rope_scale
+    config.arch_compat_overrides()
+    configure_attention(config, flash_attn=flash_attn_paged_available())
     model = ExLlamaV2(config)
-    model.load()
-    ids = torch.randint(3, config.vocab_size, (1, 48), generator=torch.Generator().manual_seed(0))
-    exl_logits = model.forward(ids).float().cpu()
-    model.unload()
+    cache = ExLlamaV2Cache(model, max_seq_len=max_seq_len, lazy=True)
+    model.load_autosplit(cache, progress=False)
+    try:
+        return model.forward(ids, cache).float().cpu()  # in chunks of max_input_len, logits for every position
+    finally:
+        model.unload()
 
-    cfg = json.loads((model_dir / "config.json").read_text())
-    tensors = load_file(str(model_dir / "model.safetensors"))
-    reference = load_file(str(model_dir / "reference.safetensors"))
-    from tests.rag.generate.test_gptq_checkpoint import dequantize
 
-    state = {}
-    for key, t in tensors.items():
-        if key.endswith(".qweight"):
-            base = key.removesuffix(".qweight")
-            w = dequantize(t, tensors[f"{base}.qzeros"], tensors[f"{base}.scales"], tensors[f"{base}.g_idx"])
-            assert (w - reference[f"{base}.weight"].float()).abs().max() < 0.5
-            state[f"{base}.weight"] = w
-        elif not key.endswith((".qzeros", ".scales", ".g_idx")):
-            state[key] = t.float()
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{k: v for k, v in cfg.items() if k != "quantization_config"}))
-    hf.load_state_dict(state, strict=True)
-    with torch.no_grad():
-        ref_logits = hf.eval()(ids).logits.float()
-    a, b = exl_logits.flatten(), ref_logits.flatten()
-    corr = torch.corrcoef(torch.stack([a, b]))[0, 1].item()
+def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()
+
+
+@gpu
+def test_logits_match_the_pure_torch_reference(model_dir: Path) -> None:
+    """The GPTQ packing convention as ExLlamaV2's CUDA kernels read it (zero offset, nibble order, act-order
+    g_idx) agrees with the independent pure-torch dequantisation: same logits up to fp16 noise."""
+    from tests.rag.generate.llama_reference import ReferenceLlama
+
+    ids = torch.randint(3, 512, (1, 48), generator=torch.Generator().manual_seed(0))
+    exl = _exl_logits(model_dir, ids, 256)
+    ref = ReferenceLlama.load(model_dir).to("cuda").logits(ids).cpu()
+    corr = _corr(exl, ref)
     assert corr > 0.999, f"logit correlation {corr:.5f}: the kernels read the weights differently"
-    agree = (exl_logits.argmax(-1) == ref_logits.argmax(-1)).float().mean().item()
+    agree = (exl.argmax(-1) == ref.argmax(-1)).float().mean().item()
     assert agree > 0.9, f"argmax agreement {agree:.2f}"
+
+
+@pytest.fixture(scope="module")
+def rope_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    reason = _gpu_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    out = tmp_path_factory.mktemp("gptq-rope") / "tiny-llama-4k"
+    # A 4096-position model, stretched to 8192 by linear RoPE x2 (airophin's recipe). attn_gain 2 makes the
+    # attention sharp enough that positions change the logits (scaled vs unscaled differ clearly).
+    _load_script().build_checkpoint(out, hidden=512, layers=2, group_size=32, act_order=True, max_position=4096,
+                                    attn_gain=2.0, seed=11)
+    return out
+
+
+@gpu
+def test_linear_rope_x2_beyond_4096_positions(rope_dir: Path) -> None:
+    """Positions 4096..6143 exist only through the x2 interpolation: there ExLlamaV2 must match a scale-2
+    reference, and must not match the unscaled one."""
+    from tests.rag.generate.llama_reference import ReferenceLlama
+
+    ids = torch.randint(3, 512, (1, 6144), generator=torch.Generator().manual_seed(2))
+    exl = _exl_logits(rope_dir, ids, 8192, rope_scale=2.0)[0, 4096:]
+    scaled = ReferenceLlama.load(rope_dir, rope_scale=2.0).to("cuda").logits(ids)[0, 4096:].cpu()
+    unscaled = ReferenceLlama.load(rope_dir, rope_scale=1.0).to("cuda").logits(ids)[0, 4096:].cpu()
+    assert _corr(exl, scaled) > 0.995, _corr(exl, scaled)
+    assert (exl.argmax(-1) == scaled.argmax(-1)).float().mean().item() > 0.8
+    assert _corr(exl, unscaled) < 0.95, "the logits do not depend on the RoPE scale: the control is too weak"
+
+
+@gpu
+def test_a_full_8192_context_request_completes_and_one_more_token_overflows(rope_dir: Path) -> None:
+    from ctxqa.rag.generate.exllamav2 import ExLlamaV2Generator
+
+    with ExLlamaV2Generator(rope_dir, context_length=8192, rope_scale=2.0, max_batch_size=1) as g:
+        assert g.context_length == 8192 and g._model.config.scale_pos_emb == 2.0
+        words = " ".join(f"word{i % 97}" for i in range(12000))
+        lo, hi = 0, len(words)  # the longest prefix with exactly <= 8192 - 64 tokens
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if g.count_tokens(words[:mid]) <= 8192 - 64 else (lo, mid - 1)
+        prompt = words[:lo]
+        n = g.count_tokens(prompt)
+        assert n > 8000
+        c = g.generate(prompt, GenParams(max_new_tokens=8192 - n))
+        assert c.prompt_tokens == n and c.prompt_tokens + c.completion_tokens <= 8192
+        with pytest.raises(ContextOverflowError, match="exceeds the context length"):
+            g.generate(prompt, GenParams(max_new_tokens=8192 - n + 1))
 
 
 # --- the request/thread protocol, on CPU -------------------------------------------------------------------------
@@ -308,17 +366,16 @@ EOS = 2
 PIECES = ["<unk>", "<s>", ""] + [chr(c) for c in range(32, 127)]  # id -> piece; EOS decodes to "" (special)
 
 
-class FakeTokenizer:
-    bos_token, bos_token_id, eos_token_id = "<s>", 1, EOS
-    tokenizer_config_dict = {"add_bos_token": True}
+class FakePlain:
+    """Stands in for the tokenizers.Tokenizer that encodes text runs: one id per printable character."""
 
-    def encode(self, text: str, add_bos: bool = False, encode_special_tokens: bool = False) -> torch.Tensor:
-        ids = [1] if add_bos else []
-        ids += [PIECES.index(c) if c in PIECES[3:] else 0 for c in text]
-        return torch.tensor([ids], dtype=torch.long)
+    def encode(self, text: str, add_special_tokens: bool = False) -> SimpleNamespace:
+        return SimpleNamespace(ids=[PIECES.index(c) if c in PIECES[3:] else 0 for c in text])
 
-    def get_id_to_piece_list(self, include_special_tokens: bool = False) -> list[str]:
-        return PIECES
+
+def fake_text() -> TokenizerText:
+    return TokenizerText(specials={"<s>": 1}, plain=FakePlain(), bos_id=1, add_bos=True, pieces=PIECES,
+                         decode=lambda ids: "".join(PIECES[i] for i in ids), pad_id=0)
 
 
 class FakeSettings:
@@ -351,6 +408,7 @@ class FakeDynamicGenerator:
         self.max_batch_size = max_batch_size
         self.pending: list[FakeJob] = []
         self.active: list[FakeJob] = []
+        self.active_jobs = self.active  # the name exllamav2's generator uses
         self.cancelled: list[FakeJob] = []
         self.max_active = 0
         self.enqueued = 0
@@ -415,7 +473,7 @@ def fake() -> Iterator:
 
     g = object.__new__(ExLlamaV2Generator)  # skip model loading; everything after it is real
     g.name, g._Job, g._Sampler = "fake", FakeJob, FakeSampler
-    g._start(FakeDynamicGenerator(max_batch_size=4), FakeTokenizer(), context_length=600, max_batch_size=4, eos_ids={EOS})
+    g._start(FakeDynamicGenerator(max_batch_size=4), fake_text(), context_length=600, max_batch_size=4, eos={EOS})
     yield g
     g.close()
 
@@ -426,8 +484,11 @@ def test_protocol_generate_stream_and_eos(fake) -> None:
     assert c.prompt_tokens == fake.count_tokens("Q:Paris is nice.") == 1 + len("Q:Paris is nice.")
     deltas, done = collect(fake.stream("Q:Paris is nice.", GenParams(max_new_tokens=100)))
     assert "".join(deltas) == done.text == c.text and len(deltas) > 1
-    # The fake tokenizer spells a written "<s>" as 3 text ids; what matters is that no BOS id is added before it.
-    assert fake._encode("<s>Q:x").tolist() == [[PIECES.index(c) for c in "<s>Q:x"]]
+    # A template that writes "<s>" gets that one BOS token, not a second one added before it.
+    assert fake._encode(Prompt.template("<s>Q:x")).tolist() == [[1] + [PIECES.index(c) for c in "Q:x"]]
+    # In a data part "<s>" is text, and the BOS is added.
+    data = Prompt((PromptPart("<s>Q:x", data=True),))
+    assert fake._encode(data).tolist() == [[1] + [PIECES.index(c) for c in "<s>Q:x"]]
 
 
 def test_protocol_stop_strings_length_and_held_text_at_eos(fake) -> None:
@@ -464,6 +525,7 @@ def test_protocol_concurrent_requests_are_batched(fake) -> None:
         t.join(timeout=30)
     assert [results.get(i) for i in range(len(answers))] == answers
     assert fake._generator.max_active == 4, "jobs ran concurrently, up to max_batch_size"
+    assert fake.peak_batch == 4 and fake.max_concurrency == 4
 
 
 def test_protocol_cancel_abandon_errors_and_close(fake) -> None:
