@@ -452,7 +452,7 @@ def blocks() -> list[Block]:
         hit(3, 3, 0, SETUP, 0, source="docs/guide/setup.md", title="Setup Guide", date="2022-02-02"),
         hit(4, 2, 9, LEAVES, 900, page_start=7, page_end=7, **BOTANY_META),
     ]
-    built = build_blocks(hits, 100_000, lambda s: len(s.split())).blocks
+    built = build_blocks(hits, 100_000, lambda s: len(str(s).split())).blocks
     assert [b.ref for b in built] == ["B1", "B2", "B3", "B4"]
     assert [b.chunk_ids for b in built] == [[1], [21, 22], [3], [4]]
     assert built[1].text == BOTANY
@@ -610,7 +610,7 @@ def test_ambiguous_across_documents_is_unverified() -> None:
         hit(1, 1, 0, "Red apples are sweet.", 0, source="a.md", date="2020-01-01"),
         hit(2, 2, 0, "Red cherries are sour.", 0, source="b.md", date="2020-01-01"),
     ]
-    built = build_blocks(hits, 1000, lambda s: len(s.split())).blocks
+    built = build_blocks(hits, 1000, lambda s: len(str(s).split())).blocks
     [cit] = resolve(parse("They are red.\nSource:\ndate: 2020-01-01"), built)
     assert cit.status == "unverified" and cit.match == "ambiguous"
     # ... unless the answer's wording singles one out.
