@@ -6,13 +6,15 @@ import sys
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 
 from ctxqa.cli.common import CollectionOpt, JsonOpt, context, err, fail, out, print_json
 from ctxqa.rag.answer import AskOptions
 from ctxqa.rag.db import repo
 from ctxqa.rag.generate.base import GeneratorError
 from ctxqa.rag.retrieve.options import Mode
-from ctxqa.rag.views import AnswerView, SearchView, pages_label, source_line
+from ctxqa.rag.types import Answer
+from ctxqa.rag.views import UNSUPPORTED_MARK, AnswerView, SearchView, evidence_text, pages_label, source_line
 
 ModeOpt = Annotated[Optional[Mode], typer.Option("--mode", help="dense | lexical | hybrid")]
 
@@ -83,7 +85,8 @@ def ask(
     if show_prompt:
         err.print(ans.prompt, highlight=False, markup=False)
     if not stream:
-        out.print(ans.answer, highlight=False, markup=False)
+        out.print(styled_answer(ans))
+    print_verdict(ans, streamed=stream)
     if ans.citations:
         out.print("\n[bold]Sources[/]")
         for i, c in enumerate(ans.citations, 1):
@@ -91,9 +94,49 @@ def ask(
             out.print(source_line(i, c) + support, highlight=False, markup=False)
     elif ans.abstained:
         out.print("\n(no sources: not found in the documents)")
+    evidence = evidence_text(ans)
+    if evidence:
+        out.print("")
+        out.print(evidence, highlight=False, markup=False)
     t = ans.timings
     err.print(f"[dim]{ans.usage.prompt_tokens} prompt + {ans.usage.completion_tokens} completion tokens · "
               + " · ".join(f"{k} {v * 1000:.0f} ms" for k, v in t.items()) + "[/]")
+
+
+_STYLE = {"unsupported": "bold red", "partial": "yellow"}
+
+
+def styled_answer(ans: Answer) -> Text:
+    """The answer with unsupported sentences in red and followed by "[unsupported]", partly supported ones in
+    yellow: distinct on a terminal and in plain text alike."""
+    text = Text()
+    pos = 0
+    for s in ans.sentences:
+        style = _STYLE.get(s.label)
+        if style is None:
+            continue
+        text.append(ans.answer[pos:s.start])
+        text.append(ans.answer[s.start:s.end], style=style)
+        text.append(f" {UNSUPPORTED_MARK}" if s.label == "unsupported" else " [partly supported]", style=style)
+        pos = s.end
+    text.append(ans.answer[pos:])
+    return text
+
+
+def print_verdict(ans: Answer, *, streamed: bool) -> None:
+    """One line when the documents do not (fully) support the answer; after a stream, the sentences at fault."""
+    counted = [s for s in ans.sentences if s.label != "neutral"]
+    bad = [s for s in counted if s.label != "supported"]
+    if ans.replaced:
+        out.print(f"\n[bold yellow]warning:[/] the model's answer was not supported by the documents "
+                  f"({ans.replaced}); shown instead: {'a quote from them' if ans.mode == 'quote' else 'not found'}")
+    elif ans.grounding in ("unsupported", "partial"):
+        out.print(f"\n[bold red]warning:[/] {len(bad)} of {len(counted)} sentences are not (fully) supported by the "
+                  f"documents — check them against the passages below")
+        if streamed:
+            for s in bad:
+                out.print(Text(f"  {UNSUPPORTED_MARK if s.label == 'unsupported' else '[partly supported]'} "
+                               f"{s.text}", style=_STYLE[s.label]))
 
 
 def register(app: typer.Typer) -> None:

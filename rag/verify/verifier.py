@@ -207,7 +207,7 @@ def _evidence(u: _Unit) -> Evidence:
     p = u.passage
     h = p.hit
     if h is None:
-        return Evidence(u.text, u.start, u.end, passage=p.index)
+        return Evidence(u.text, u.start, u.end, passage=p.index, block_ref=p.block_ref)
     return Evidence(u.text, h.char_start + u.start, h.char_start + u.end, passage=p.index, block_ref=p.block_ref,
                     chunk_id=h.chunk_id, document_id=h.document_id, source=h.source, title=h.title,
                     pages=h.pages, heading_path=h.heading_path)

@@ -13,6 +13,8 @@ import pytest
 
 from ctxqa.rag.answer import NOT_FOUND, AskOptions
 from ctxqa.rag.citations import parse
+from ctxqa.rag.generate.base import Completion
+from ctxqa.rag.verify.sentences import sentences
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +81,12 @@ def test_stream_equals_non_stream(ctx) -> None:  # type: ignore[no-untyped-def]
     assert final.answer == ans.answer
     assert [(c.status, c.chunk_ids, c.raw) for c in final.citations] == \
         [(c.status, c.chunk_ids, c.raw) for c in ans.citations]
+    # The same verification either way, and every sentence was announced once, in order, as it completed.
+    assert final.grounding == ans.grounding
+    assert [(x.text, x.label) for x in final.sentences] == [(x.text, x.label) for x in ans.sentences]
+    announced = [e for e in events if e.kind == "sentence"]
+    assert [(e.sentence.start, e.sentence.label) for e in announced] == [(x.start, x.label) for x in final.sentences]
+    assert "".join(e.text for e in announced) == final.answer[: final.sentences[-1].end] if final.sentences else True
 
 
 def test_nothing_relevant_abstains_without_sources(ctx) -> None:  # type: ignore[no-untyped-def]
@@ -94,3 +102,113 @@ def test_several_questions_one_instruction_block(ctx) -> None:  # type: ignore[n
     assert ans.prompt.count("BEGININSTRUCTION") == 1
     sources = {h.source for h in ans.hits}
     assert "intc-10q.pdf" in sources and any(s.endswith(".md") for s in sources)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Known model outputs through Answerer.finish: exact statuses and verdicts (nothing left to the 135M model)
+# ---------------------------------------------------------------------------------------------------------------
+
+QUESTION = "What was Intel's revenue in the first quarter of 2023?"
+
+
+def _prepared(ctx):  # type: ignore[no-untyped-def]
+    prep = ctx.answerer.prepare(QUESTION, AskOptions(k=4))
+    assert prep.blocks.blocks, "the question retrieves the 10-Q"
+    return prep
+
+
+def _completion(text: str) -> Completion:
+    return Completion(text=text, prompt_tokens=500, completion_tokens=40, finish_reason="stop", time_prefill=0.1,
+                      time_generate=0.2)
+
+
+def _quotable(prep):  # type: ignore[no-untyped-def]
+    """The first block with a prose sentence (8+ words on one line), and that sentence: what a faithful model
+    would say from it."""
+    for block in prep.blocks.blocks:
+        for hit in block.hits:
+            for sent in sentences(hit.text):
+                if len(sent.split()) >= 8 and "\n" not in sent and sent.endswith("."):
+                    return block, sent
+    raise AssertionError("no prose sentence in any block")
+
+
+def test_finish_good_hallucinated_and_duplicate_groups(ctx) -> None:  # type: ignore[no-untyped-def]
+    prep = _prepared(ctx)
+    b1, good = _quotable(prep)
+    output = (f"{good} Intel also sold 9,999 submarines to the Moon Authority in 2023.\n\n"
+              f"Source:\nblock: {b1.ref}\n\nSource:\nsource: nowhere/invented.pdf\npage: 77\n\n"
+              f"Source:\nblock: {b1.ref}\n")
+    ans = ctx.answerer.finish(prep, _completion(output))
+    assert [(c.status, c.block_ref) for c in ans.citations] == [("verified", b1.ref), ("unverified", None)]
+    assert ans.citations[0].supports_answer is True and ans.citations[1].supports_answer is None
+    assert [(s.text, s.label) for s in ans.sentences] == [
+        (good, "supported"), ("Intel also sold 9,999 submarines to the Moon Authority in 2023.", "unsupported")]
+    assert ans.sentences[0].quote and ans.sentences[0].cited is True
+    assert ans.sentences[0].evidence is not None and ans.sentences[0].evidence.block_ref == b1.ref
+    assert "9999" in ans.sentences[1].missing
+    assert ans.grounding == "partial" and not ans.abstained and ans.replaced is None
+    assert ans.evidence  # the passages that answer it are shown beside a partly supported answer
+
+
+def test_finish_cited_block_that_supports_nothing_is_marked(ctx) -> None:  # type: ignore[no-untyped-def]
+    prep = _prepared(ctx)
+    b1, _ = _quotable(prep)
+    ans = ctx.answerer.finish(prep, _completion(
+        f"Quantum penguins run the treasury of Atlantis since 1850.\n\nSource:\nblock: {b1.ref}\n"))
+    assert [(c.status, c.supports_answer) for c in ans.citations] == [("verified", False)]
+    assert ans.grounding == "unsupported" and [s.label for s in ans.sentences] == ["unsupported"]
+    assert ans.sentences[0].cited is False
+
+
+def test_finish_uncited_supported_answer_gets_inferred_citations(ctx) -> None:  # type: ignore[no-untyped-def]
+    prep = _prepared(ctx)
+    b1, good = _quotable(prep)
+    ans = ctx.answerer.finish(prep, _completion(good))
+    assert ans.grounding == "supported" and [s.cited for s in ans.sentences] == [None]
+    assert [(c.status, c.block_ref, c.supports_answer) for c in ans.citations] == [("inferred", b1.ref, True)]
+
+
+def test_unsupported_policies(ctx) -> None:  # type: ignore[no-untyped-def]
+    prep = _prepared(ctx)
+    made_up = _completion("The revenue was 1 GB of bananas.")
+    answerer = ctx.answerer
+    try:
+        answerer.settings.unsupported = "abstain"
+        ans = answerer.finish(prep, made_up)
+        assert ans.answer == NOT_FOUND and ans.abstained and ans.grounding == "abstained"
+        assert ans.replaced == "unsupported" and ans.citations == [] and ans.evidence
+        assert ans.raw_output == made_up.text
+        answerer.settings.unsupported = "quote"
+        ans = answerer.finish(prep, made_up)
+        assert ans.mode == "quote" and ans.grounding == "supported" and ans.replaced == "unsupported"
+        assert ans.sentences and all(s.label == "supported" and s.quote for s in ans.sentences)
+        answerer.settings.unsupported = "flag"
+        ans = answerer.finish(prep, made_up)
+        assert ans.answer == "The revenue was 1 GB of bananas." and ans.grounding == "unsupported"
+        assert ans.evidence and ans.replaced is None
+    finally:
+        answerer.settings.unsupported = "flag"
+
+
+def test_quote_mode_needs_no_model(ctx) -> None:  # type: ignore[no-untyped-def]
+    from ctxqa.rag.answer import Answerer
+
+    def no_model():  # type: ignore[no-untyped-def]
+        raise AssertionError("quote mode loaded the model")
+
+    answerer = Answerer(ctx.settings, ctx.retriever, no_model)
+    ans = answerer.answer(QUESTION, AskOptions(k=4, mode="quote"))
+    assert ans.mode == "quote" and ans.model == "quote" and ans.grounding == "supported"
+    assert ans.citations and all(c.match == "quote" and c.chunk_ids for c in ans.citations)
+    hits = {h.chunk_id: h for h in ans.hits}
+    for s in ans.sentences:  # verbatim, and where the evidence says
+        assert ans.answer[s.start:s.end] == s.text
+        e = s.evidence
+        assert e is not None and e.chunk_id in hits
+        h = hits[e.chunk_id]
+        assert h.text[e.char_start - h.char_start:e.char_end - h.char_start] == s.text
+    two = answerer.answer([QUESTION, "How do I declare an optional query parameter?"], AskOptions(mode="quote"))
+    assert two.answer.startswith(QUESTION + "\n") and "How do I declare an optional query parameter?\n" in two.answer
+    none = answerer.answer("What is the airspeed velocity of an unladen swallow?", AskOptions(mode="quote"))
+    assert none.abstained and none.answer == NOT_FOUND and none.grounding == "abstained"
