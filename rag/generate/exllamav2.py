@@ -155,6 +155,7 @@ class ExLlamaV2Generator(Generator):
         self.cache_tokens = plan.tokens
         eos = eos_ids(path, config, tokenizer)
         text = TokenizerText.from_exllamav2(tokenizer, path / "tokenizer.json")
+        generator: Any
         if self.paged:
             generator = ExLlamaV2DynamicGenerator(
                 model=model, cache=kv_cache, tokenizer=tokenizer, max_batch_size=plan.batch_size, paged=True,
@@ -380,7 +381,7 @@ class ExLlamaV2Generator(Generator):
                 model.unload()
             except Exception:  # best effort at shutdown
                 log.debug("ExLlamaV2 unload failed", exc_info=True)
-        self._generator = self._cache = self._model = None
+        self._generator = self._cache = self._model = None  # type: ignore[assignment]  # closed: never used again
 
 
 # --- tokenizer text: encoding without special tokens from data, decoding pieces --------------------------------
