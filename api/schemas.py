@@ -119,6 +119,13 @@ class DeltaEvent(BaseModel):
     text: str
 
 
+class SentenceEvent(BaseModel):
+    """SSE `event: sentence`: a sentence of the answer, checked as soon as it was complete."""
+
+    text: str = Field(description="The answer text since the previous sentence event, up to this sentence's end.")
+    sentence: SentenceView
+
+
 class SearchRequest(_Model):
     query: str = Field(examples=["path parameters"])
     collection: str | None = Field(None, min_length=1, max_length=200)

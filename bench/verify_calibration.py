@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -60,9 +61,10 @@ def main() -> None:
     rows = load()
     embed = None
     if not args.no_embed:
+        from ctxqa.rag.config import Settings
         from ctxqa.rag.embed.embedder import Embedder
 
-        e = Embedder()
+        e = Embedder.from_settings(Settings())  # the default backend, as ctxqa serves
         embed = e.encode
         pv = e.encode([r["passages"][0]["text"] for r in rows])
         sim = pv @ pv.T
@@ -72,6 +74,8 @@ def main() -> None:
         hard = [(i + 7) % len(rows) for i in range(len(rows))]
     easy = [(i + 1) % len(rows) for i in range(len(rows))]
     v = Verifier(embed)
+    perturbed = 0
+    caught = 0
     t0 = time.perf_counter()
     checks: dict[str, list] = {"pos": [], "easy": [], "hard": []}
     for i, r in enumerate(rows):
@@ -79,6 +83,12 @@ def main() -> None:
         for kind, j in (("pos", i), ("easy", easy[i]), ("hard", hard[i])):
             res = v.verify(answer, [Passage(rows[j]["passages"][0]["text"], 0)])
             checks[kind].append(res)
+        # A fact changed: every number of the answer off by one, against its own passage. The answer must no
+        # longer come out supported.
+        changed = re.sub(r"\d+", lambda m: str(int(m.group(0)) + 1), answer)
+        if changed != answer:
+            perturbed += 1
+            caught += v.verify(changed, [Passage(r["passages"][0]["text"], 0)]).grounding != "supported"
     elapsed = time.perf_counter() - t0
     n_checks = 3 * len(rows)
     print(f"cpu: {cpu()} ({os.cpu_count()} cores); embedder: {'yes' if embed else 'no'}; "
@@ -97,6 +107,9 @@ def main() -> None:
               f"(lenient {out['hard_lenient']:.3f})")
         return out
 
+    if perturbed:
+        print(f"answers with a number changed (against their own passage): {caught} of {perturbed} no longer "
+              f"supported ({100 * caught / perturbed:.0f} %)")
     everyone = list(range(len(rows)))
     half = len(rows) // 2
     report(DEFAULT_THRESHOLDS, everyone, "default, all 100")

@@ -27,6 +27,7 @@ from ctxqa.rag.profiles import Profile, get_profile
 from ctxqa.rag.prompt import pack_prompt
 from ctxqa.rag.retrieve.retriever import Retriever
 from ctxqa.rag.types import Answer, Blocks, Citation, Hit, Prompt, SentenceCheck, Usage, Verification
+from ctxqa.rag.verify.embed_cache import CachedEmbed
 from ctxqa.rag.verify.live import LiveSentences
 from ctxqa.rag.verify.quote import Quote, select_quotes
 from ctxqa.rag.verify.verifier import Passage, Verifier
@@ -141,8 +142,10 @@ class Answerer:
         self.settings = settings
         self.retriever = retriever
         self._generator = generator
+        # One cache of sentence vectors for the live check, the final check, the cited blocks and the quotes.
+        self.embed_sentences = CachedEmbed(retriever.embedder.encode)
         if verifier is None:
-            verifier = Verifier(retriever.embedder.encode if settings.verify_paraphrase else None)
+            verifier = Verifier(self.embed_sentences if settings.verify_paraphrase else None)
         self.verifier = verifier
 
     @property
@@ -222,7 +225,7 @@ class Answerer:
     def quote(self, prep: Prepared) -> Answer:
         """A quote answer: the best sentences of each question's relevant hits, verbatim, each cited."""
         t = time.perf_counter()
-        per_question = [select_quotes(q, hits, self.retriever.embedder.encode, limit=self.settings.quote_sentences)
+        per_question = [select_quotes(q, hits, self.embed_sentences, limit=self.settings.quote_sentences)
                         if rel else [] for q, hits, rel in zip(prep.questions, prep.per_question, prep.relevant)]
         if not any(per_question):
             ans = self.abstained(prep)
@@ -255,7 +258,7 @@ class Answerer:
         for q, hits, rel in zip(prep.questions, prep.per_question, prep.relevant):
             if rel:
                 out.extend(SentenceCheck(x.text, 0, 0, "supported", x.relevance, x.evidence, quote=True)
-                           for x in select_quotes(q, hits, self.retriever.embedder.encode,
+                           for x in select_quotes(q, hits, self.embed_sentences,
                                                   limit=self.settings.quote_sentences))
         return out
 

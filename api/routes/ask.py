@@ -7,7 +7,10 @@ citations the JSON form returns for the same (greedy) request.
 SSE wire format (one JSON object per `data:` line):
 
     event: sources   data: {"collection": ..., "chunks": [HitView, ...]}
-    event: delta     data: {"text": "..."}            (zero or more)
+    event: delta     data: {"text": "..."}            (zero or more: the model's raw text as generated)
+    event: sentence  data: {"text": ..., "sentence": SentenceView}
+                                                       (each sentence of the answer once it is complete and checked:
+                                                        `text` is the answer text since the previous sentence)
     event: final     data: AnswerView                 (same object as the non-streaming response)
     event: error     data: {"error": {...}}            (instead of final, if generation fails mid-way)
 
@@ -27,9 +30,9 @@ from ctxqa.api.deps import PrincipalDep, StateDep
 from ctxqa.api.errors import ERRORS, ApiError, library_error
 from ctxqa.api.jobs import build_options, collect, finalize, first_event, submit
 from ctxqa.api.jsonbody import JSONRoute
-from ctxqa.api.schemas import AskRequest, DeltaEvent, SourcesEvent
+from ctxqa.api.schemas import AskRequest, DeltaEvent, SentenceEvent, SourcesEvent
 from ctxqa.api.sse import EventStreamResponse, error_payload, sse
-from ctxqa.rag.views import AnswerView, HitView
+from ctxqa.rag.views import AnswerView, HitView, SentenceView
 
 log = logging.getLogger("ctxqa.api")
 router = APIRouter(tags=["ask"], route_class=JSONRoute)
@@ -64,6 +67,9 @@ async def ask(body: AskRequest, request: Request, state: StateDep, principal: Pr
             async for ev in events:
                 if ev.kind == "delta" and ev.text:
                     yield sse("delta", DeltaEvent(text=ev.text))
+                elif ev.kind == "sentence" and ev.sentence is not None:
+                    yield sse("sentence", SentenceEvent(text=ev.text or "",
+                                                        sentence=SentenceView.from_check(ev.sentence)))
                 elif ev.kind == "final" and ev.answer is not None:
                     answer_id = await finalize(state, ev.answer, coll, principal)
                     finished = True

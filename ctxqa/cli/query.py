@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -14,7 +15,16 @@ from ctxqa.rag.db import repo
 from ctxqa.rag.generate.base import GeneratorError
 from ctxqa.rag.retrieve.options import Mode
 from ctxqa.rag.types import Answer
-from ctxqa.rag.views import UNSUPPORTED_MARK, AnswerView, SearchView, evidence_text, pages_label, source_line
+from ctxqa.rag.views import (
+    UNSUPPORTED_MARK,
+    AnswerView,
+    HitView,
+    SearchView,
+    SentenceView,
+    evidence_text,
+    pages_label,
+    source_line,
+)
 
 ModeOpt = Annotated[Optional[Mode], typer.Option("--mode", help="dense | lexical | hybrid")]
 
@@ -139,6 +149,57 @@ def print_verdict(ans: Answer, *, streamed: bool) -> None:
                                f"{s.text}", style=_STYLE[s.label]))
 
 
+def verify(
+    answer: Annotated[str, typer.Argument(help="The answer to check; '-' reads it from stdin.")],
+    passage: Annotated[Optional[list[str]], typer.Option("--passage", "-p", help="A passage to check against "
+                                                         "(repeatable); '@FILE' reads one from a file.")] = None,
+    question: Annotated[Optional[str], typer.Option("--question", "-q", help="Check against what this question "
+                                                    "retrieves instead.")] = None,
+    collection: CollectionOpt = None,
+    k: Annotated[Optional[int], typer.Option("-k", help="Chunks to retrieve (with --question).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Check any answer sentence by sentence, with the scorer `ask` uses: against given passages, or against what
+    a question retrieves. Exit code 1 unless every sentence is supported."""
+    text = sys.stdin.read() if answer == "-" else answer
+    passages = None
+    if passage is not None:
+        passages = []
+        for item in passage:
+            if item.startswith("@"):
+                try:
+                    passages.append(Path(item[1:]).read_text(encoding="utf-8"))
+                except (OSError, UnicodeDecodeError) as e:
+                    fail(f"cannot read passage file {item[1:]!r}: {e}", 2)
+            else:
+                passages.append(item)
+    ctx = context()
+    opts = AskOptions(collection=collection or ctx.settings.default_collection, k=k)
+    try:
+        check, hits = ctx.answerer.verify(text, passages=passages, question=question, opts=opts)
+    except (repo.NotFound, repo.EmbeddingMismatch, ValueError) as e:
+        fail(str(e), 2)
+    if json_out:
+        print_json({"grounding": check.grounding, "sentences": [SentenceView.from_check(c).model_dump(mode="json")
+                                                                for c in check.sentences],
+                    "chunks": [HitView.from_hit(h).model_dump(mode="json") for h in hits]})
+    else:
+        for c in check.sentences:
+            style = _STYLE.get(c.label, "green" if c.label == "supported" else "dim")
+            out.print(Text(f"[{c.label}] {c.score:.2f} ", style=style) + Text(c.text))
+            if c.evidence is not None and c.label != "neutral":
+                e = c.evidence
+                where = f"passage {e.passage + 1}" if e.source is None and e.passage is not None else \
+                    f"{e.source}{pages_label(e.pages)}"
+                out.print(Text(f"    ← {where}: \"{e.text[:160]}\"", style="dim"))
+            if c.missing:
+                out.print(Text(f"    not in any passage: {', '.join(c.missing)}", style="red"))
+        out.print(f"\ngrounding: [bold]{check.grounding}[/]")
+    if check.grounding != "supported":
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(search)
     app.command()(ask)
+    app.command()(verify)

@@ -5,13 +5,16 @@
     final_checks = live.reuse(verifier.verify(final_answer_text, index, cited).sentences, cited)
 
 The raw model text is parsed as it grows (the sources section and inline citations cut off, as `parse` does at
-the end); every sentence followed by the start of another is complete and is checked at once. The final answer
+the end); every sentence that ends with its own punctuation and is followed by the start of another is complete
+and is checked at once. A sentence ended by a line break waits for the final verification: where it ends may
+still depend on the line being written. The final answer
 reuses those checks for the same sentences at the same place, so a streamed sentence carries exactly the label
 the final answer object gives it.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 from ctxqa.rag import citations as cit
@@ -20,6 +23,8 @@ from ctxqa.rag.verify.sentences import sentence_spans
 from ctxqa.rag.verify.verifier import PassageIndex, Verifier
 
 _ENDINGS = frozenset(".!?\n")
+# A sentence that ends with its own punctuation (closing quotes or brackets allowed): its end cannot move.
+_TERMINAL_RE = re.compile(r"""[.!?]+["'”’)\]]*$""")
 
 
 class LiveSentences:
@@ -45,6 +50,10 @@ class LiveSentences:
         for a, b in sentence_spans(answer)[:-1]:  # the last sentence may still grow
             if a < done:
                 continue
+            if not _TERMINAL_RE.search(answer, a, b):
+                # Ended by a line break: where it ends may depend on the line being written (a list item, a
+                # blank line, a fence); the final verification takes it, and everything after it.
+                break
             check = self.verifier.check(self.index, answer[a:b], a, b)
             new.append((answer[done:b], check))
             self.checked.append(check)
