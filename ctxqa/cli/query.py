@@ -188,10 +188,10 @@ def verify(
             style = _STYLE.get(c.label, "green" if c.label == "supported" else "dim")
             out.print(Text(f"[{c.label}] {c.score:.2f} ", style=style) + Text(c.text))
             if c.evidence is not None and c.label != "neutral":
-                e = c.evidence
-                where = f"passage {e.passage + 1}" if e.source is None and e.passage is not None else \
-                    f"{e.source}{pages_label(e.pages)}"
-                out.print(Text(f"    ← {where}: \"{e.text[:160]}\"", style="dim"))
+                ev = c.evidence
+                where = f"passage {ev.passage + 1}" if ev.source is None and ev.passage is not None else \
+                    f"{ev.source}{pages_label(ev.pages)}"
+                out.print(Text(f"    ← {where}: \"{ev.text[:160]}\"", style="dim"))
             if c.missing:
                 out.print(Text(f"    not in any passage: {', '.join(c.missing)}", style="red"))
         out.print(f"\ngrounding: [bold]{check.grounding}[/]")
