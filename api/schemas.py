@@ -144,6 +144,11 @@ class DocumentOut(BaseModel):
     collection: str
     source: str
     title: str | None = None
+    title_source: str | None = Field(None, description="Where the title came from: metadata, first page, file name.")
+    date: str | None = Field(None, description="The document's date (ISO): a report's period end, a publication date.")
+    date_source: str | None = Field(None, description="Where the date came from: metadata, first page, file name, "
+                                                      "file date.")
+    period: str | None = Field(None, description="The quarter a report covers, e.g. \"2023 Q2\".")
     media_type: str
     size: int
     sha256: str

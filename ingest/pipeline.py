@@ -34,6 +34,7 @@ import numpy as np
 
 from ctxqa.ingest.chunk import chunk as chunk_document
 from ctxqa.ingest.discover import SIDECAR_SUFFIX, Found, Problem, discover
+from ctxqa.ingest.doc_context import CONTEXT_VERSION, DocContext, document_context
 from ctxqa.ingest.loaders import SUPPORTED_SUFFIXES, LoadError, load
 from ctxqa.rag.config import Settings
 from ctxqa.rag.db import repo
@@ -123,6 +124,7 @@ class _Prepared:
     doc: LoadedDocument | None = None
     specs: list[ChunkSpec] = field(default_factory=list)
     error: LoadError | None = None
+    context: DocContext | None = None  # title, date, period and header (ingest/doc_context.py)
     t_extract: float = 0.0
     t_chunk: float = 0.0
 
@@ -186,11 +188,10 @@ def _json_safe(meta: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(meta, default=str))
 
 
-def _title(prep: _Prepared) -> str:
-    """The document title recorded (and cited): the loader's, the metadata's, else the file name."""
-    assert prep.doc is not None
-    d = prep.doc
-    return (d.title or d.metadata.get("title") or Path(prep.found.source).stem)[:1000]
+def _header(prep: _Prepared) -> str:
+    """What both indexes see of the document with each chunk: its title and identifying lines."""
+    assert prep.context is not None
+    return prep.context.header
 
 
 def _unique_sources(found: list[Found], report: IngestReport) -> list[Found]:
@@ -454,8 +455,8 @@ class Ingestor:
         file_password = side.pop("password", None) or password
         prep.extra_meta = _json_safe({**side, **meta})
         if old is not None and old.status == "ingested" and old.sha256 == sha and \
-                (old.meta or {}).get("_added", {}) == prep.extra_meta:
-            return prep  # unchanged: doc stays None
+                (old.meta or {}).get("_added", {}) == prep.extra_meta and old.context_version == CONTEXT_VERSION:
+            return prep  # unchanged: doc stays None (read again when the document-context rules changed)
         try:
             prep.doc = load(f.path, password=file_password)
         except LoadError as e:
@@ -467,6 +468,7 @@ class Ingestor:
                                    "please report this file; the run continued without it")
             prep.t_extract = time.perf_counter() - t
             return prep
+        prep.context = document_context(prep.doc, f.source, prep.extra_meta, prep.mtime)
         prep.t_extract = time.perf_counter() - t
         t = time.perf_counter()
         try:
@@ -490,8 +492,9 @@ class Ingestor:
         assert prep.doc is not None
         meta = dict(prep.doc.metadata)
         meta.update(prep.extra_meta)
-        if not meta.get("date"):
-            meta["date"] = prep.mtime.date().isoformat()
+        if not meta.get("date"):  # cited in BEGINCONTEXT and filtered on: the date found (ingest/doc_context.py)
+            c = prep.context
+            meta["date"] = (c.date if c is not None and c.date else prep.mtime.date()).isoformat()
         meta["_added"] = prep.extra_meta  # what the user added, to detect metadata-only changes
         return _json_safe(meta)
 
@@ -503,7 +506,7 @@ class Ingestor:
         # of a retitled document is embedded again, an unchanged one anywhere in the group is not.
         plan = _Plan()
         old_ids = [old.id for _, old in group if old is not None]
-        old_title = {old.id: old.title for _, old in group if old is not None}
+        old_title = {old.id: old.context or old.title for _, old in group if old is not None}
         if old_ids:
             with self.db.session() as s:
                 for c in repo.chunks_of_documents(s, old_ids):
@@ -513,7 +516,7 @@ class Ingestor:
                     plan.reuse[et] = c.embedding
                     plan.old_etext[c.id] = et
                     plan.old_rows.setdefault(c.document_id, {})[c.ordinal] = c
-        plan.etexts = {id(sp): self._embedding_text(sp.text, _title(prep), sp.heading_path, sp.token_count)
+        plan.etexts = {id(sp): self._embedding_text(sp.text, _header(prep), sp.heading_path, sp.token_count)
                        for prep, _ in group for sp in prep.specs}
         uniq = list(dict.fromkeys(et for et in plan.etexts.values() if et not in plan.reuse))
         report.timings["store"] += time.perf_counter() - t
@@ -547,7 +550,11 @@ class Ingestor:
                     doc = Document(collection_id=coll.id, source=prep.found.source)
                     s.add(doc)
                 doc.path = str(prep.found.path)
-                doc.title = _title(prep)
+                dc = prep.context
+                assert dc is not None
+                doc.title, doc.title_source, doc.period, doc.context = dc.title, dc.title_source, dc.period, dc.header
+                doc.date = dc.date.isoformat() if dc.date else None
+                doc.date_source, doc.context_version = dc.date_source, CONTEXT_VERSION
                 doc.sha256 = prep.sha256
                 doc.media_type = d.media_type
                 doc.size = prep.size

@@ -102,6 +102,10 @@ class Settings(BaseSettings):
     max_chunks_per_document: int | None = Field(None, ge=1, description="At most this many hits per document.")
     neighbour_window: int = Field(0, ge=0, le=5, description="Adjacent chunks added around each hit for the prompt.")
     rerank_depth: int = Field(30, ge=1, le=500, description="Fused candidates the cross-encoder re-scores.")
+    period_weight: float = Field(0.5, ge=0.0, description=(
+        "A question that names a period lifts chunks of documents covering it by this share of the score spread."))
+    recency_weight: float = Field(0.3, ge=0.0, description=(
+        "'Latest' / 'most recent' lifts chunks of the newest document retrieved by this share of the spread."))
 
     # --- generation ----------------------------------------------------------------------------------------
     llm_backend: Literal["llama_cpp", "exllamav2", "quote"] = Field("llama_cpp", description=(

@@ -101,6 +101,9 @@ class Hit:
     page_end: int | None = None
     heading_path: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)  # document metadata merged with chunk metadata
+    title_source: str | None = None  # where the title came from: metadata, first page, file name
+    date_source: str | None = None  # where the date came from: metadata, first page, file name, file date
+    period: str | None = None  # the quarter a report covers ("2023 Q2")
     # Per-retriever evidence (e.g. {"dense": 0.61, "lexical": 12.3, "dense_rank": 1, "lexical_rank": 4}).
     scores: dict[str, float] = field(default_factory=dict)
 

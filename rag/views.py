@@ -28,6 +28,10 @@ class HitView(BaseModel):
     title: str | None = None
     date: str | None = None
     url: str | None = None
+    title_source: str | None = Field(None, description="Where the title came from: metadata, first page, file name.")
+    date_source: str | None = Field(None, description="Where the date came from: metadata, first page, file name, "
+                                                      "file date.")
+    period: str | None = Field(None, description="The quarter a report covers, e.g. \"2023 Q2\".")
     pages: list[int] = Field(default_factory=list)
     heading_path: list[str] = Field(default_factory=list)
     ordinal: int
@@ -40,7 +44,8 @@ class HitView(BaseModel):
     def from_hit(cls, h: Hit) -> HitView:
         return cls(chunk_id=h.chunk_id, document_id=h.document_id, collection=h.collection, score=float(h.score),
                    scores={k: float(v) for k, v in (h.scores or {}).items()}, source=h.source, title=h.title,
-                   date=h.date, url=h.url, pages=h.pages, heading_path=list(h.heading_path), ordinal=h.ordinal,
+                   date=h.date, url=h.url, title_source=h.title_source, date_source=h.date_source, period=h.period,
+                   pages=h.pages, heading_path=list(h.heading_path), ordinal=h.ordinal,
                    char_start=h.char_start, char_end=h.char_end, text=h.text,
                    metadata=public_metadata(h.metadata))
 

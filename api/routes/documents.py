@@ -119,7 +119,8 @@ async def upload_documents(request: Request, state: StateDep, principal: Princip
 
 
 def _doc_out(d: Document, collection: str) -> dict[str, Any]:
-    return dict(id=d.id, collection=collection, source=d.source, title=d.title, media_type=d.media_type,
+    return dict(id=d.id, collection=collection, source=d.source, title=d.title, title_source=d.title_source,
+                date=d.date, date_source=d.date_source, period=d.period, media_type=d.media_type,
                 size=d.size, sha256=d.sha256, pages=d.page_count, empty_pages=d.empty_pages or 0,
                 chunk_count=d.chunk_count or 0, status=d.status, error=d.error, ingested_at=d.ingested_at,
                 metadata=public_metadata(d.meta))

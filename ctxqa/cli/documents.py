@@ -47,7 +47,8 @@ def docs_show(doc_id: int, chunks: Annotated[bool, typer.Option("--chunks")] = F
         if d is None:
             fail(f"no document with id {doc_id}", 2)
         info = {"id": d.id, "collection": d.collection.name, "source": d.source, "path": d.path, "title": d.title,
-                "status": d.status, "error": d.error, "media_type": d.media_type, "size": d.size,
+                "title_source": d.title_source, "date": d.date, "date_source": d.date_source, "period": d.period,
+                "indexed_header": d.context, "status": d.status, "error": d.error, "media_type": d.media_type, "size": d.size,
                 "sha256": d.sha256, "pages": d.page_count, "empty_pages": d.empty_pages, "chunks": d.chunk_count,
                 "ingested_at": d.ingested_at, "metadata": public_metadata(d.meta)}
         if chunks:

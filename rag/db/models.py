@@ -68,6 +68,15 @@ class Document(Base):
     status: Mapped[str] = mapped_column(String(20), default="ingested")  # ingested | failed
     error: Mapped[str | None] = mapped_column(Text)
     chunk_count: Mapped[int] = mapped_column(Integer, default=0)
+    # What identifies the document (ingest/doc_context.py, migration 0003): where its title came from, its date
+    # (ISO) and where that came from, the quarter a report covers ("2023 Q2"), the header both indexes see with
+    # every chunk, and the version of the rules that found them (NULL: read again on the next ingest).
+    title_source: Mapped[str | None] = mapped_column(String(20))
+    date: Mapped[str | None] = mapped_column(String(10))
+    date_source: Mapped[str | None] = mapped_column(String(20))
+    period: Mapped[str | None] = mapped_column(String(10))
+    context: Mapped[str | None] = mapped_column(Text)
+    context_version: Mapped[int | None] = mapped_column(Integer)
 
     collection: Mapped[Collection] = relationship(back_populates="documents")
     chunks: Mapped[list[Chunk]] = relationship(

@@ -199,9 +199,10 @@ def hits_for(s: Session, scored: Sequence[tuple[int, float]], collection_name: s
         hits.append(Hit(
             chunk_id=c.id, score=float(score), document_id=d.id, collection=collection_name, ordinal=c.ordinal,
             text=c.text, char_start=c.char_start, char_end=c.char_end, source=d.source, title=d.title,
-            date=_iso(meta.get("date")) or _iso(d.mtime), url=meta.get("url"), page_start=c.page_start,
+            date=_iso(meta.get("date")) or d.date or _iso(d.mtime), url=meta.get("url"), page_start=c.page_start,
             page_end=c.page_end, heading_path=tuple(c.heading_path or ()), metadata=meta,
-            scores=dict((extra_scores or {}).get(cid, {})),
+            title_source=d.title_source, date_source=d.date_source if not (c.meta or {}).get("date") else "metadata",
+            period=d.period, scores=dict((extra_scores or {}).get(cid, {})),
         ))
     return hits
 
@@ -314,7 +315,7 @@ def allowed_chunk_ids(s: Session, collection_id: int, filters: Filters | None) -
 
 # What the lexical index needs of each chunk, in this order.
 LEXICAL_COLUMNS = (Chunk.id, Chunk.document_id, Chunk.text, Chunk.char_start, Chunk.char_end, Chunk.heading_path,
-                   Document.title)
+                   func.coalesce(Document.context, Document.title))  # the header the document's chunks were indexed under
 
 
 def lexical_rows_by_document(s: Session, document_ids: Sequence[int]) -> Iterator[list[Any]]:
@@ -347,6 +348,19 @@ def document_with_collection(s: Session, document_id: int) -> tuple[Document, st
     row = s.execute(select(Document, Collection.name).join(Collection, Document.collection_id == Collection.id)
                     .where(Document.id == document_id)).first()
     return None if row is None else (row[0], row[1])
+
+
+def document_periods(s: Session, chunk_ids: Sequence[int]) -> dict[int, tuple[int, str | None, str | None, str | None,
+                                                                              str, str | None]]:
+    """chunk id -> (document id, date, date source, period, source, title) of the chunks' documents."""
+    out: dict[int, tuple[int, str | None, str | None, str | None, str, str | None]] = {}
+    ids = list(chunk_ids)
+    for i in range(0, len(ids), IN_BATCH):
+        rows = s.execute(select(Chunk.id, Document.id, Document.date, Document.date_source, Document.period,
+                                Document.source, Document.title).join(Document, Chunk.document_id == Document.id)
+                         .where(Chunk.id.in_(ids[i:i + IN_BATCH])))
+        out.update((int(r[0]), (int(r[1]), r[2], r[3], r[4], r[5], r[6])) for r in rows)
+    return out
 
 
 def collection_names(s: Session) -> dict[int, str]:

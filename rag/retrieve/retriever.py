@@ -45,6 +45,7 @@ from ctxqa.rag.db.models import Collection
 from ctxqa.rag.db.session import Database
 from ctxqa.rag.embed.embedder import Embedder
 from ctxqa.rag.index.store import IndexStore
+from ctxqa.rag.periods import document_period, parse_question
 from ctxqa.rag.retrieve.filters import Filters
 from ctxqa.rag.retrieve.fusion import (
     Candidates,
@@ -56,6 +57,7 @@ from ctxqa.rag.retrieve.fusion import (
     rank_fused,
 )
 from ctxqa.rag.retrieve.options import ResolvedSearch, SearchOptions
+from ctxqa.rag.retrieve.period_rank import period_rerank
 from ctxqa.rag.timing import Timings
 from ctxqa.rag.types import Hit
 
@@ -143,6 +145,8 @@ class Retriever:
         with timings("fuse"):
             merged = {name: merge_candidates(parts, opts.candidates) for name, parts in lists.items()}
             ranked = self._fuse(merged, evidence, opts)
+        with timings("periods"):
+            ranked = self._periods(query, ranked, evidence)
         if reranker is not None and ranked:
             with timings("rerank"):
                 ranked = self._rerank(reranker, query, ranked[: max(self.settings.rerank_depth, opts.k)], evidence)
@@ -151,6 +155,22 @@ class Retriever:
         with timings("fetch"):
             hits = self._hits(ranked, coll_of, evidence)
         return SearchResult(hits, timings.seconds, opts.mode)
+
+    def _periods(self, query: str, ranked: list[tuple[int, float]], evidence: dict[int, dict[str, float]]
+                 ) -> list[tuple[int, float]]:
+        """Lift chunks of documents covering the period the question names, or the newest for "latest"."""
+        q = parse_question(query)
+        s = self.settings
+        if q.empty or not ranked or (s.period_weight <= 0 and s.recency_weight <= 0):
+            return ranked
+        with self.db.session() as ses:
+            rows = repo.document_periods(ses, [cid for cid, _ in ranked])
+        docs = {cid: (doc_id, document_period(day, period, source, title), dsrc not in (None, "file date"))
+                for cid, (doc_id, day, dsrc, period, source, title) in rows.items()}
+        out, ev = period_rerank(ranked, q, docs, period_weight=s.period_weight, recency_weight=s.recency_weight)
+        for cid, e in ev.items():
+            evidence.setdefault(cid, {}).update(e)
+        return out
 
     def _collections(self, opts: ResolvedSearch) -> list[Collection]:
         with self.db.session() as ses:
