@@ -49,6 +49,8 @@ def main() -> None:
     for f in sorted((SHARED / "eval/sec10q-nvda/docs").glob("*.pdf")) + sorted((SHARED / "corpora/sec-10q").glob("*.pdf")):
         shutil.copy(f, corpus / f.name)
     extra = {"period_weight": 0.0, "recency_weight": 0.0} if args.no_periods else {}
+    if "period_weight" not in Settings.model_fields:
+        extra = {}
     ctx = Context(Settings(data_dir=args.data_dir or Path(tempfile.mkdtemp(prefix="ctxqa-filings-data-")), **extra))
     t = time.perf_counter()
     rep = ctx.ingestor.ingest([corpus])
@@ -59,8 +61,9 @@ def main() -> None:
         coll = repo.require_collection(s, ctx.settings.default_collection)
         docs, _ = repo.list_documents(s, coll.id)
         for d in docs:
-            print(f"  {d.source}: title {d.title!r} ({d.title_source}); date {d.date} ({d.date_source}); "
-                  f"period {d.period}")
+            # getattr: the script also runs against code from before document context (the "before" figures).
+            print(f"  {d.source}: title {d.title!r} ({getattr(d, 'title_source', None)}); date "
+                  f"{getattr(d, 'date', None)} ({getattr(d, 'date_source', None)}); period {getattr(d, 'period', None)}")
     rows = list(csv.DictReader((SHARED / "eval/sec10q-nvda/questions.csv").open()))
     stats: dict[tuple[str, str], list[tuple[int, int, float]]] = {}
     lat = []
