@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,12 @@ from sqlalchemy.orm import Session
 from ctxqa.ingest.chunk import chunk as chunk_document
 from ctxqa.ingest.discover import SIDECAR_SUFFIX, Found, Problem, discover
 from ctxqa.ingest.loaders import SUPPORTED_SUFFIXES, LoadError, load
-from ctxqa.rag.index.chunk_text import embedding_text
 from ctxqa.rag.config import Settings
 from ctxqa.rag.db import repo
 from ctxqa.rag.db.models import Chunk, Collection, Document
 from ctxqa.rag.db.session import Database
 from ctxqa.rag.embed.embedder import Embedder
+from ctxqa.rag.index.chunk_text import embedding_text
 from ctxqa.rag.index.store import IndexStore
 from ctxqa.rag.types import ChunkSpec, LoadedDocument
 
@@ -132,9 +132,12 @@ class _Prepared:
 @dataclass
 class _Plan:
     """What `_embed_group` hands the writer: stored vectors to reuse, the old rows and what was embedded for them,
-    each chunk spec's embedding text (by id of the spec), and the fresh vectors."""
+    each chunk spec's embedding text (by id of the spec), and the fresh vectors. `stamps`: each old document's
+    `ingested_at` when its rows were read; the writer keeps old rows only if it is unchanged (no other writer,
+    another replica say, replaced the document in between)."""
 
     reuse: dict[str, bytes] = field(default_factory=dict)
+    stamps: dict[int, datetime] = field(default_factory=dict)
     old_rows: dict[int, dict[int, Chunk]] = field(default_factory=dict)
     old_etext: dict[int, str] = field(default_factory=dict)
     etexts: dict[int, str] = field(default_factory=dict)
@@ -188,7 +191,7 @@ def _json_safe(meta: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(meta, default=str))
 
 
-def _title(prep: "_Prepared") -> str:
+def _title(prep: _Prepared) -> str:
     """The document title recorded (and cited): the loader's, the metadata's, else the file name."""
     assert prep.doc is not None
     d = prep.doc
@@ -350,6 +353,7 @@ class Ingestor:
     def delete_documents(self, collection: str, document_ids: Sequence[int]) -> int:
         with self.db.session() as s:
             coll = repo.require_collection(s, collection)
+            repo.lock_collection(s, coll.id)
             docs = list(s.scalars(select(Document).where(Document.id.in_(list(document_ids)),
                                                          Document.collection_id == coll.id)))
             removed = repo.delete_documents(s, docs)
@@ -424,8 +428,8 @@ class Ingestor:
             sha = _sha256(f.path)
         except OSError as e:
             err = LoadError(f.path, "unreadable", f"cannot read it ({e.strerror})")
-            return _Prepared(f, "", 0, datetime.now(timezone.utc), {}, error=err)
-        prep = _Prepared(f, sha, st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc), {})
+            return _Prepared(f, "", 0, datetime.now(UTC), {}, error=err)
+        prep = _Prepared(f, sha, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC), {})
         try:
             side = _sidecar(f.path)
         except LoadError as e:
@@ -483,13 +487,18 @@ class Ingestor:
         # of a retitled document is embedded again, an unchanged one anywhere in the group is not.
         plan = _Plan()
         old_ids = [old.id for _, old in group if old is not None]
-        old_title = {old.id: old.title for _, old in group if old is not None}
         if old_ids:
             with self.db.session() as s:
-                for c in s.scalars(select(Chunk).where(Chunk.document_id.in_(old_ids))):
+                # Stamps before rows: a write that lands between the two reads leaves a stamp older than the
+                # rows, which the writer then treats as changed (safe), never the other way round.
+                plan.stamps = {int(i): t for i, t in s.execute(
+                    select(Document.id, Document.ingested_at).where(Document.id.in_(old_ids)))}
+                # Each row with its document's title as it is now (one statement, one snapshot): the key of a
+                # stored vector is what was embedded for it.
+                for c, title in s.execute(select(Chunk, Document.title).join(Document, Chunk.document_id == Document.id)
+                                          .where(Chunk.document_id.in_(old_ids))):
                     s.expunge(c)  # written back (merged) by the writer thread's own session
-                    et = self._embedding_text(c.text, old_title.get(c.document_id), c.heading_path or (),
-                                              c.token_count)
+                    et = self._embedding_text(c.text, title, c.heading_path or (), c.token_count)
                     plan.reuse[et] = c.embedding
                     plan.old_etext[c.id] = et
                     plan.old_rows.setdefault(c.document_id, {})[c.ordinal] = c
@@ -517,11 +526,24 @@ class Ingestor:
         remove_ids: list[int] = []
         relex_ids: list[int] = []  # kept chunks of a changed document: their lexical text (title, window) moved
         with self.db.session() as s:
+            # One writer per collection across replicas until the commit; then decide from what is there now,
+            # which another replica may have changed since this run read `existing` and the old rows.
+            repo.lock_collection(s, coll.id)
+            current = repo.documents_by_source(s, coll.id, [prep.found.source for prep, _ in group])
             docs: list[tuple[_Prepared, Document, Status]] = []
-            for prep, old in group:
+            stale: dict[int, list[int]] = {}  # documents changed by another writer: all their rows go
+            for prep, _old in group:  # `old` was the reading at the start; `current` is the one that counts
                 assert prep.doc is not None
                 d = prep.doc
-                doc = s.get(Document, old.id) if old is not None else None
+                doc = current.get(prep.found.source)
+                if doc is not None and plan.stamps.get(doc.id) != doc.ingested_at:
+                    if doc.status == "ingested" and doc.sha256 == prep.sha256 and \
+                            (doc.meta or {}).get("_added", {}) == prep.extra_meta:
+                        # The same file, ingested by another writer meanwhile: nothing to do.
+                        results.append(FileResult(prep.found.source, str(prep.found.path), "unchanged",
+                                                  document_id=doc.id))
+                        continue
+                    stale[doc.id] = repo.chunk_ids_of_documents(s, [doc.id])
                 status: Status = "updated" if doc is not None and doc.status == "ingested" else "added"
                 if doc is None:
                     doc = Document(collection_id=coll.id, source=prep.found.source)
@@ -543,7 +565,11 @@ class Ingestor:
             for prep, doc, status in docs:
                 d = prep.doc
                 assert d is not None
-                prev = old_rows.get(doc.id, {})
+                if doc.id in stale:
+                    prev: dict[int, Chunk] = {}
+                    remove_ids.extend(stale[doc.id])
+                else:
+                    prev = old_rows.get(doc.id, {})
                 keep: dict[int, Chunk] = {}
                 for sp in prep.specs:
                     c = prev.get(sp.ordinal)
@@ -601,7 +627,12 @@ class Ingestor:
         if res.status != "failed":
             return
         with self.db.session() as s:
-            doc = s.get(Document, old.id) if old is not None else None
+            repo.lock_collection(s, coll.id)
+            doc = repo.documents_by_source(s, coll.id, [prep.found.source]).get(prep.found.source)
+            if doc is not None and doc.status == "ingested":  # another writer ingested a good version meanwhile
+                res.document_id = doc.id
+                res.reason = f"{res.reason} (kept the version ingested meanwhile)"
+                return
             if doc is None:
                 doc = Document(collection_id=coll.id, source=prep.found.source, sha256=prep.sha256 or "",
                                media_type="application/octet-stream", size=prep.size, meta={}, chunk_count=0)
@@ -629,6 +660,7 @@ class Ingestor:
         if not gone:
             return []
         with self.db.session() as s:
+            repo.lock_collection(s, coll.id)
             docs = list(s.scalars(select(Document).where(Document.id.in_([d.id for d in gone]))))
             removed = repo.delete_documents(s, docs)
             s.flush()

@@ -185,7 +185,10 @@ class Settings(BaseSettings):
         return self.data_dir / "index"
 
     def effective(self) -> dict[str, Any]:
-        """Settings as printed by `ctxqa config` (the resolved database URL included)."""
+        """Settings as printed by `ctxqa config` (the resolved database URL included, its password masked; the
+        API key too)."""
+        from sqlalchemy.engine import make_url
+
         out = self.model_dump(mode="json")
-        out["database_url"] = self.db_url
+        out["database_url"] = make_url(self.db_url).render_as_string(hide_password=True)
         return out

@@ -72,7 +72,7 @@ def db_upgrade() -> None:
     settings = _ctx().settings
     d = Database(settings.db_url, auto_migrate=False)
     before, after = d.upgrade()
-    out.print(f"database {settings.db_url}: {before or '(empty)'} → {after}")
+    out.print(f"database {settings.effective()['database_url']}: {before or '(empty)'} → {after}")
 
 
 @app.command()

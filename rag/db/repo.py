@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ctxqa.rag.db.models import Chunk, Collection, Document, utcnow
 from ctxqa.rag.types import Hit
-
 
 # Ids per `IN (...)` list in queries over arbitrarily many ids: well under SQLite's bound on bound parameters
 # (32,766) and PostgreSQL's (65,535).
@@ -61,9 +61,34 @@ def create_collection(s: Session, name: str, model_name: str, dim: int, index_ty
 def ensure_collection(s: Session, name: str, model_name: str, dim: int, index_type: str = "auto") -> Collection:
     coll = get_collection(s, name)
     if coll is None:
-        return create_collection(s, name, model_name, dim, index_type)
+        try:
+            with s.begin_nested():  # a savepoint: losing the race below must not end the caller's transaction
+                return create_collection(s, name, model_name, dim, index_type)
+        except IntegrityError:
+            # Another process (a replica) created it between our look-up and our insert: use theirs.
+            coll = get_collection(s, name)
+            if coll is None:
+                raise
     check_embedder(coll, model_name, dim)
     return coll
+
+
+def lock_collection(s: Session, collection_id: int) -> None:
+    """Make this transaction the collection's only writer until it ends, across every process on the database.
+
+    Writers read what is there (documents by source, their chunks), then change it; two replicas ingesting into
+    one collection must not both decide from the same reading. PostgreSQL: `SELECT ... FOR UPDATE` on the
+    collection row; other writers wait for the commit, readers never wait. SQLite has no row locks: an UPDATE
+    that changes nothing takes the database's write lock at once, at the start of the transaction, instead of at
+    the first real write (other writers wait for it, up to busy_timeout; WAL readers never wait).
+    Raises NotFound when the collection was deleted meanwhile."""
+    if s.get_bind().dialect.name == "sqlite":
+        found = s.execute(update(Collection).where(Collection.id == collection_id)
+                          .values(generation=Collection.generation)).rowcount
+    else:
+        found = s.scalar(select(Collection.id).where(Collection.id == collection_id).with_for_update())
+    if not found:
+        raise NotFound(f"collection id {collection_id} no longer exists (deleted while this write waited)")
 
 
 def bump_generation(s: Session, collection_id: int) -> None:
@@ -85,8 +110,16 @@ def list_collections(s: Session) -> list[tuple[Collection, int, int]]:
     return [(c, int(d), int(n)) for c, d, n in rows]
 
 
-def documents_by_source(s: Session, collection_id: int) -> dict[str, Document]:
-    return {d.source: d for d in s.scalars(select(Document).where(Document.collection_id == collection_id))}
+def documents_by_source(s: Session, collection_id: int, sources: Iterable[str] | None = None) -> dict[str, Document]:
+    """The collection's documents by source (only those `sources`, when given)."""
+    q = select(Document).where(Document.collection_id == collection_id)
+    if sources is None:
+        return {d.source: d for d in s.scalars(q)}
+    wanted = list(dict.fromkeys(sources))
+    out: dict[str, Document] = {}
+    for i in range(0, len(wanted), IN_BATCH):
+        out.update((d.source, d) for d in s.scalars(q.where(Document.source.in_(wanted[i:i + IN_BATCH]))))
+    return out
 
 
 def list_documents(s: Session, collection_id: int | None = None, *, offset: int = 0, limit: int = 100,
