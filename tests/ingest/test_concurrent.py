@@ -171,7 +171,7 @@ def test_writers_of_one_collection_take_turns(tmp_path: Path, make_ctx, pg_url: 
         return out
 
     monkeypatch.setattr(repo, "documents_by_source", spy)
-    threads = [threading.Thread(target=lambda c=c: out.append(c.ingestor.ingest([tmp_path / n], collection="turns")))
+    threads = [threading.Thread(target=lambda c=c, n=n: out.append(c.ingestor.ingest([tmp_path / n], collection="turns")))
                for c, n in ((a, "a"), (b, "b"))]
     out: list = []  # type: ignore[type-arg]
     # The collection exists before both start, so both writers lock the same row.
