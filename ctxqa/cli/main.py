@@ -10,6 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -462,7 +463,7 @@ def models(json_out: JsonOpt = False) -> None:
     t = Table("profile", "context", "rope", "stop strings", "description")
     for n, p in profiles.items():
         t.add_row(n + (" *" if n == chosen else ""), str(p.context_length), str(p.rope_scale),
-                  ", ".join(repr(x) for x in p.stop), p.description)
+                  escape(", ".join(repr(x) for x in p.stop)), escape(p.description))  # "[/INST]" is not markup
     out.print(t)
 
 
