@@ -117,6 +117,10 @@ def _load(state: AppState) -> None:
     except Exception as e:  # noqa: BLE001 - reported by /readyz
         state.index_error = f"{type(e).__name__}: {e}"
         log.error("could not load the indexes: %s", state.index_error)
+    if state.settings.llm_backend == "quote":
+        state.model_error = None
+        log.info("no language model: llm_backend=quote answers with quotes from the documents")
+        return
     try:
         gen = ctx.generator
         state.model_error = None

@@ -132,9 +132,12 @@ class _Prepared:
 @dataclass
 class _Plan:
     """What `_embed_group` hands the writer: stored vectors to reuse, the old rows and what was embedded for them,
-    each chunk spec's embedding text (by id of the spec), and the fresh vectors."""
+    each chunk spec's embedding text (by id of the spec), and the fresh vectors. `stamps`: each old document's
+    `ingested_at` when its rows were read; the writer keeps old rows only if it is unchanged (no other writer,
+    another replica say, replaced the document in between)."""
 
     reuse: dict[str, bytes] = field(default_factory=dict)
+    stamps: dict[int, datetime] = field(default_factory=dict)
     old_rows: dict[int, dict[int, Chunk]] = field(default_factory=dict)
     old_etext: dict[int, str] = field(default_factory=dict)
     etexts: dict[int, str] = field(default_factory=dict)
@@ -372,6 +375,7 @@ class Ingestor:
     def delete_documents(self, collection: str, document_ids: Sequence[int]) -> int:
         with self.db.session() as s:
             coll = repo.require_collection(s, collection)
+            repo.lock_collection(s, coll.id)
             docs = repo.documents_in(s, coll.id, document_ids)
             removed = repo.delete_documents(s, docs)
             s.flush()
@@ -506,13 +510,16 @@ class Ingestor:
         # of a retitled document is embedded again, an unchanged one anywhere in the group is not.
         plan = _Plan()
         old_ids = [old.id for _, old in group if old is not None]
-        old_title = {old.id: old.context or old.title for _, old in group if old is not None}
         if old_ids:
             with self.db.session() as s:
-                for c in repo.chunks_of_documents(s, old_ids):
+                # Stamps before rows: a write that lands between the two reads leaves a stamp older than the
+                # rows, which the writer then treats as changed (safe), never the other way round.
+                plan.stamps = repo.ingest_stamps(s, old_ids)
+                # Each row with the header its document's chunks are indexed under now (one statement, one
+                # snapshot): the key of a stored vector is what was embedded for it.
+                for c, title in repo.chunks_with_headers(s, old_ids):
                     s.expunge(c)  # written back (merged) by the writer thread's own session
-                    et = self._embedding_text(c.text, old_title.get(c.document_id), c.heading_path or (),
-                                              c.token_count)
+                    et = self._embedding_text(c.text, title, c.heading_path or (), c.token_count)
                     plan.reuse[et] = c.embedding
                     plan.old_etext[c.id] = et
                     plan.old_rows.setdefault(c.document_id, {})[c.ordinal] = c
@@ -540,11 +547,24 @@ class Ingestor:
         remove_ids: list[int] = []
         relex_ids: list[int] = []  # kept chunks of a changed document: their lexical text (title, window) moved
         with self.db.session() as s:
+            # One writer per collection across replicas until the commit; then decide from what is there now,
+            # which another replica may have changed since this run read `existing` and the old rows.
+            repo.lock_collection(s, coll.id)
+            current = repo.documents_by_source(s, coll.id, [prep.found.source for prep, _ in group])
             docs: list[tuple[_Prepared, Document, Status]] = []
-            for prep, old in group:
+            stale: dict[int, list[int]] = {}  # documents changed by another writer: all their rows go
+            for prep, _old in group:  # `old` was the reading at the start; `current` is the one that counts
                 assert prep.doc is not None
                 d = prep.doc
-                doc = repo.get_document(s, old.id) if old is not None else None
+                doc = current.get(prep.found.source)
+                if doc is not None and plan.stamps.get(doc.id) != doc.ingested_at:
+                    if doc.status == "ingested" and doc.sha256 == prep.sha256 and \
+                            (doc.meta or {}).get("_added", {}) == prep.extra_meta:
+                        # The same file, ingested by another writer meanwhile: nothing to do.
+                        results.append(FileResult(prep.found.source, str(prep.found.path), "unchanged",
+                                                  document_id=doc.id))
+                        continue
+                    stale[doc.id] = repo.chunk_ids_of(s, [doc.id]).tolist()
                 status: Status = "updated" if doc is not None and doc.status == "ingested" else "added"
                 if doc is None:
                     doc = Document(collection_id=coll.id, source=prep.found.source)
@@ -570,7 +590,11 @@ class Ingestor:
             for prep, doc, status in docs:
                 assert prep.doc is not None
                 d = prep.doc
-                prev = old_rows.get(doc.id, {})
+                if doc.id in stale:
+                    prev: dict[int, Chunk] = {}
+                    remove_ids.extend(stale[doc.id])
+                else:
+                    prev = old_rows.get(doc.id, {})
                 keep: dict[int, Chunk] = {}
                 for sp in prep.specs:
                     c = prev.get(sp.ordinal)
@@ -628,7 +652,12 @@ class Ingestor:
         if res.status != "failed":
             return
         with self.db.session() as s:
-            doc = repo.get_document(s, old.id) if old is not None else None
+            repo.lock_collection(s, coll.id)
+            doc = repo.documents_by_source(s, coll.id, [prep.found.source]).get(prep.found.source)
+            if doc is not None and doc.status == "ingested":  # another writer ingested a good version meanwhile
+                res.document_id = doc.id
+                res.reason = f"{res.reason} (kept the version ingested meanwhile)"
+                return
             if doc is None:
                 doc = Document(collection_id=coll.id, source=prep.found.source, sha256=prep.sha256 or "",
                                media_type="application/octet-stream", size=prep.size, meta={}, chunk_count=0)
@@ -656,6 +685,7 @@ class Ingestor:
         if not gone:
             return []
         with self.db.session() as s:
+            repo.lock_collection(s, coll.id)
             docs = repo.documents_in(s, coll.id, [d.id for d in gone])
             removed = repo.delete_documents(s, docs)
             s.flush()

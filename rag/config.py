@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -108,10 +108,12 @@ class Settings(BaseSettings):
         "'Latest' / 'most recent' lifts chunks of the newest document retrieved by this share of the spread."))
 
     # --- generation ----------------------------------------------------------------------------------------
-    llm_backend: Literal["llama_cpp", "exllamav2", "quote"] = Field("llama_cpp", description=(
-        "llama_cpp (GGUF), exllamav2 (GPTQ/EXL2 on an NVIDIA GPU), or quote: no model, every answer is quoted "
-        "from the documents (quote mode)."))
-    llm_model: str = Field(DEFAULT_LLM, description="GGUF file / GPTQ or EXL2 dir, or 'bundled:smollm2'.")
+    llm_backend: Literal["llama_cpp", "exllamav2", "openai", "quote"] = Field("llama_cpp", description=(
+        "'llama_cpp' (GGUF, in-process), 'exllamav2' (GPTQ/EXL2 on an NVIDIA GPU, in-process), 'openai' (an "
+        "OpenAI-compatible /v1/completions server at llm_base_url: llama.cpp's server, vLLM, TabbyAPI...), or "
+        "'quote': no model, every answer is quoted from the documents (quote mode)."))
+    llm_model: str = Field(DEFAULT_LLM, description=(
+        "GGUF file / GPTQ or EXL2 dir, or 'bundled:smollm2'; with llm_backend=openai the served model's name."))
     llm_profile: str | None = Field(None, description="Prompt template profile; default: from the model.")
     llm_context_length: int | None = Field(None, ge=1, description=(
         "Context length; default: the model file's (llama.cpp: at most 4096 unless the profile is position-"
@@ -133,6 +135,20 @@ class Settings(BaseSettings):
         "llm_vram_reserve_mb."))
     llm_vram_reserve_mb: int = Field(2048, ge=0, description=(
         "ExLlamaV2: GPU memory (MiB) kept free of weights and cache, for scratch buffers and attention."))
+    # --- remote generation (llm_backend=openai) ---
+    llm_base_url: str | None = Field(None, description=(
+        "The OpenAI-compatible server's base URL, e.g. http://127.0.0.1:8080/v1 ('/v1' is added when missing)."))
+    llm_api_key: SecretStr | None = Field(None, description="Sent as 'Authorization: Bearer ...' (never printed).")
+    llm_connect_timeout: float = Field(5.0, gt=0, description="Seconds to wait for a connection to the server.")
+    llm_timeout: float = Field(120.0, gt=0, description=(
+        "Seconds to wait for the server's next bytes (the first token waits behind its queue and the prompt)."))
+    llm_tokenizer: str = Field("auto", description=(
+        "How prompt tokens are counted: 'auto' (the server's tokenize endpoint, else estimated from its usage), "
+        "'server', 'usage', or a local copy of the served model's tokenizer (.gguf or tokenizer.json)."))
+    llm_concurrency: int = Field(4, ge=1, le=256, description="Requests sent to the server at once (per process).")
+    llm_request_extra: dict[str, Any] = Field(default_factory=dict, description=(
+        "Extra JSON fields for every /v1/completions request (engine-specific sampling), e.g. "
+        "'{\"repeat_penalty\": 1.0}' for llama.cpp's servers, whose default 1.1 changes greedy output."))
     max_new_tokens: int = 256
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy; the cards say 'very low'.")
     seed: int = 0
@@ -169,6 +185,14 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=_toml_path()))
 
+    @field_validator("llm_base_url")
+    @classmethod
+    def _check_base_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.strip().startswith(("http://", "https://")):
+            raise ValueError(f"llm_base_url (CTXQA_LLM_BASE_URL) must be an http:// or https:// URL, e.g. "
+                             f"http://127.0.0.1:8080/v1; got {url!r}")
+        return url.strip() if url is not None else None
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.chunk_overlap >= self.chunk_size:
@@ -188,7 +212,10 @@ class Settings(BaseSettings):
         return self.data_dir / "index"
 
     def effective(self) -> dict[str, Any]:
-        """Settings as printed by `ctxqa config` (the resolved database URL included)."""
+        """Settings as printed by `ctxqa config` (the resolved database URL included, its password masked; the
+        API key too)."""
+        from sqlalchemy.engine import make_url
+
         out = self.model_dump(mode="json")
-        out["database_url"] = self.db_url
+        out["database_url"] = make_url(self.db_url).render_as_string(hide_password=True)
         return out

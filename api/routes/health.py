@@ -43,7 +43,8 @@ def readiness(state: AppState) -> Readiness:
     except Exception as e:  # noqa: BLE001
         checks["index"] = False
         detail["index"] = f"{type(e).__name__}: {str(e)[:200]}"
-    loaded = state.services.loaded_generator() is not None
+    # The quote backend answers from the documents alone: no model to wait for.
+    loaded = state.settings.llm_backend == "quote" or state.services.loaded_generator() is not None
     checks["model"] = loaded and state.queue is not None
     if not checks["model"]:
         detail["model"] = state.model_error or "the language model is not loaded"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ctxqa.cli.common import CollectionOpt, JsonOpt, context, fail, out, print_json
@@ -37,7 +38,7 @@ def db_upgrade() -> None:
     settings = context().settings
     d = Database(settings.db_url, auto_migrate=False)
     before, after = d.upgrade()
-    out.print(f"database {settings.db_url}: {before or '(empty)'} → {after}")
+    out.print(f"database {settings.effective()['database_url']}: {before or '(empty)'} → {after}")
 
 
 def stats(json_out: JsonOpt = False) -> None:
@@ -146,7 +147,7 @@ def models(path: Annotated[Optional[str], typer.Argument(help="A GGUF file or GP
     t = Table("profile", "context", "rope", "stop strings", "description")
     for n, p in profiles.items():
         t.add_row(n + (" *" if n == chosen else ""), str(p.context_length), str(p.rope_scale),
-                  ", ".join(repr(x) for x in p.stop), p.description)
+                  escape(", ".join(repr(x) for x in p.stop)), escape(p.description))  # "[/INST]" is not markup
     out.print(t)
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ctxqa.rag.db.models import AnswerLog, ApiKey, Chunk, Collection, Document, utcnow
@@ -74,9 +75,35 @@ def create_collection(s: Session, name: str, model_name: str, dim: int, index_ty
 def ensure_collection(s: Session, name: str, model_name: str, dim: int, index_type: str = "auto") -> Collection:
     coll = get_collection(s, name)
     if coll is None:
-        return create_collection(s, name, model_name, dim, index_type)
+        try:
+            with s.begin_nested():  # a savepoint: losing the race below must not end the caller's transaction
+                return create_collection(s, name, model_name, dim, index_type)
+        except IntegrityError:
+            # Another process (a replica) created it between our look-up and our insert: use theirs.
+            coll = get_collection(s, name)
+            if coll is None:
+                raise
     check_embedder(coll, model_name, dim)
     return coll
+
+
+def lock_collection(s: Session, collection_id: int) -> None:
+    """Make this transaction the collection's only writer until it ends, across every process on the database.
+
+    Writers read what is there (documents by source, their chunks), then change it; two replicas ingesting into
+    one collection must not both decide from the same reading. PostgreSQL: `SELECT ... FOR UPDATE` on the
+    collection row; other writers wait for the commit, readers never wait. SQLite has no row locks: an UPDATE
+    that changes nothing takes the database's write lock at once, at the start of the transaction, instead of at
+    the first real write (other writers wait for it, up to busy_timeout; WAL readers never wait).
+    Raises NotFound when the collection was deleted meanwhile."""
+    if s.get_bind().dialect.name == "sqlite":
+        result: Any = s.execute(update(Collection).where(Collection.id == collection_id)
+                                .values(generation=Collection.generation))
+        found = result.rowcount
+    else:
+        found = s.scalar(select(Collection.id).where(Collection.id == collection_id).with_for_update())
+    if not found:
+        raise NotFound(f"collection id {collection_id} no longer exists (deleted while this write waited)")
 
 
 def bump_generation(s: Session, collection_id: int) -> None:
@@ -98,8 +125,16 @@ def list_collections(s: Session) -> list[tuple[Collection, int, int]]:
     return [(c, int(d), int(n)) for c, d, n in rows]
 
 
-def documents_by_source(s: Session, collection_id: int) -> dict[str, Document]:
-    return {d.source: d for d in s.scalars(select(Document).where(Document.collection_id == collection_id))}
+def documents_by_source(s: Session, collection_id: int, sources: Iterable[str] | None = None) -> dict[str, Document]:
+    """The collection's documents by source (only those `sources`, when given)."""
+    q = select(Document).where(Document.collection_id == collection_id)
+    if sources is None:
+        return {d.source: d for d in s.scalars(q)}
+    wanted = list(dict.fromkeys(sources))
+    out: dict[str, Document] = {}
+    for i in range(0, len(wanted), IN_BATCH):
+        out.update((d.source, d) for d in s.scalars(q.where(Document.source.in_(wanted[i:i + IN_BATCH]))))
+    return out
 
 
 def list_documents(s: Session, collection_id: int | None = None, *, offset: int = 0, limit: int = 100,
@@ -360,6 +395,27 @@ def document_periods(s: Session, chunk_ids: Sequence[int]) -> dict[int, tuple[in
                                 Document.source, Document.title).join(Document, Chunk.document_id == Document.id)
                          .where(Chunk.id.in_(ids[i:i + IN_BATCH])))
         out.update((int(r[0]), (int(r[1]), r[2], r[3], r[4], r[5], r[6])) for r in rows)
+    return out
+
+
+def ingest_stamps(s: Session, document_ids: Sequence[int]) -> dict[int, datetime]:
+    """document id -> when it was last ingested (a writer's reading, checked again under the collection lock)."""
+    out: dict[int, datetime] = {}
+    ids = list(document_ids)
+    for i in range(0, len(ids), IN_BATCH):
+        out.update((int(d), t) for d, t in s.execute(
+            select(Document.id, Document.ingested_at).where(Document.id.in_(ids[i:i + IN_BATCH]))))
+    return out
+
+
+def chunks_with_headers(s: Session, document_ids: Sequence[int]) -> list[tuple[Chunk, str | None]]:
+    """The documents' chunks, each with the header its document's chunks are indexed under (one snapshot)."""
+    out: list[tuple[Chunk, str | None]] = []
+    ids = list(document_ids)
+    for i in range(0, len(ids), IN_BATCH):
+        out.extend((c, h) for c, h in s.execute(
+            select(Chunk, func.coalesce(Document.context, Document.title)).join(Document, Chunk.document_id == Document.id)
+            .where(Chunk.document_id.in_(ids[i:i + IN_BATCH]))))
     return out
 
 

@@ -11,7 +11,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 # Found by file path, never by import name: an application with its own `migrations/` package on sys.path must
@@ -19,6 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 # ctxqa/rag/db/session.py in a wheel and rag/db/session.py in the repository; either way the migrations are
 # two levels up.
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+# PostgreSQL advisory lock key held while migrating ("ctxq" in ASCII): replicas that start together on a fresh
+# database migrate one after the other (the second finds the schema at head) instead of racing to CREATE TABLE.
+MIGRATION_LOCK_KEY = 0x63747871
 
 
 def alembic_config(url: str) -> Config:
@@ -71,9 +75,13 @@ class Database:
             head = self.head_revision()
             if not (only_if_needed and before == head):
                 with self.engine.begin() as conn:
-                    cfg = alembic_config(self.url)
-                    cfg.attributes["connection"] = conn
-                    command.upgrade(cfg, "head")
+                    if conn.dialect.name == "postgresql":  # until this transaction ends
+                        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                        before = MigrationContext.configure(conn).get_current_revision()  # another may have run
+                    if not (only_if_needed and before == head):
+                        cfg = alembic_config(self.url)
+                        cfg.attributes["connection"] = conn
+                        command.upgrade(cfg, "head")
             self._migrated = True
             return before, self.current_revision()
 

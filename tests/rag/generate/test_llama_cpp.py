@@ -292,7 +292,7 @@ def test_load_generator_from_settings_and_rope_scale() -> None:
 @needs_model
 def test_backend_status_rows() -> None:
     rows = {r["backend"]: r for r in backend_status(Settings())}
-    assert set(rows) == {"llama_cpp", "exllamav2"}
+    assert set(rows) == {"llama_cpp", "exllamav2", "openai"}
     lc = rows["llama_cpp"]
     assert lc["selected"] and lc["importable"] and lc["model_exists"] and lc["ready"], lc
     assert lc["model_path"].endswith(".gguf") and lc["reason"] == "ok"

@@ -1,0 +1,150 @@
+"""How long replica B takes to see a document uploaded through replica A: two `ctxqa serve` processes on one
+PostgreSQL database, each with its own data dir (index files), as docker/compose.yaml runs them.
+
+The collection is first filled with real pages (default: 60 fastapi-docs pages), so B's index rebuild has real
+work. Then, N times: upload one small document with a unique word through A; as soon as A's response is back,
+search for that word through B, again and again, until B returns the document. Prints p50/p95 of the time from
+A's response to B's first response that has the document, of B's first search after each upload (its index
+catches up inside that request), and how many searches B needed (1 = visible at B's next request).
+
+    python bench/replica_visibility.py [--uploads 20] [--pages 60] [--pg postgresql+psycopg://postgres@127.0.0.1:5432]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(HERE))
+
+import httpx  # noqa: E402
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def cpu_model() -> str:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "unknown")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serve(root: Path, url: str) -> tuple[subprocess.Popen[bytes], str]:
+    root.mkdir(parents=True)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CTXQA_")}
+    env.update({"CTXQA_DATA_DIR": str(root / "data"), "CTXQA_DATABASE_URL": url, "CTXQA_CONFIG": str(root / "x.toml"),
+                "CTXQA_MAX_FILES_PER_UPLOAD": "200", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(HERE)})
+    proc = subprocess.Popen([sys.executable, "-m", "ctxqa", "serve", "--host", "127.0.0.1", "--port", str(port),
+                             "--log-level", "warning"], env=env, stdout=(root / "log").open("wb"),
+                            stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise SystemExit((root / "log").read_text()[-3000:])
+        time.sleep(0.3)
+    raise SystemExit("replica not ready")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--uploads", type=int, default=20)
+    ap.add_argument("--pages", type=int, default=60)
+    ap.add_argument("--pg", default=os.environ.get("CTXQA_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432"))
+    ap.add_argument("--corpus", type=Path, default=HERE.parent / "shared/data/corpora/fastapi-docs")
+    args = ap.parse_args()
+
+    import psycopg
+
+    from ctxqa.api.keys import create_key
+    from ctxqa.rag.db.session import Database
+
+    name = f"ctxqa_bench_{uuid.uuid4().hex[:8]}"
+    admin = args.pg.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"{args.pg}/{name}"
+    root = Path(tempfile.mkdtemp(prefix="ctxqa-bench-replicas-"))
+    procs = []
+    try:
+        db = Database(url)  # migrates once, as `ctxqa db upgrade` does before compose starts the replicas
+        with db.session() as s:
+            key = create_key(s, "bench", admin=True).secret
+        db.dispose()
+        (pa, a), (pb, b) = serve(root / "a", url), serve(root / "b", url)
+        procs = [pa, pb]
+        h = {"Authorization": f"Bearer {key}"}
+        ca, cb = httpx.Client(base_url=a, headers=h, timeout=600), httpx.Client(base_url=b, headers=h, timeout=600)
+        by_name: dict[str, Path] = {}
+        for p in sorted(args.corpus.rglob("*.md")):
+            by_name.setdefault(p.name, p)
+        pages = sorted(by_name.values())[: args.pages]
+        r = ca.post("/v1/documents", data={"collection": "bench"},
+                    files=[("files", (p.name, p.read_bytes(), "text/markdown")) for p in pages])
+        r.raise_for_status()
+        chunks = sum(x["chunks"] for x in r.json()["results"])
+        cb.post("/v1/search", json={"query": "warm up", "collection": "bench"}).raise_for_status()
+        print(f"CPU: {cpu_model()} ({os.cpu_count()} cores); load average {os.getloadavg()[0]:.1f}")
+        print(f"collection: {len(pages)} pages, {chunks} chunks; {args.uploads} uploads through A, searched through B")
+
+        visible, first_search, tries = [], [], []
+        for i in range(args.uploads):
+            word = f"quokka{uuid.uuid4().hex[:10]}"
+            body = f"# Note {i}\n\nThe {word} rotation policy is reviewed every {i + 2} weeks.\n".encode()
+            r = ca.post("/v1/documents", data={"collection": "bench"}, files=[("files", (f"note-{i}.md", body, "text/markdown"))])
+            r.raise_for_status()
+            doc_id = r.json()["results"][0]["document_id"]
+            t0 = time.perf_counter()
+            n = 0
+            while True:
+                n += 1
+                t = time.perf_counter()
+                hits = cb.post("/v1/search", json={"query": word, "collection": "bench", "mode": "lexical"}).json()["hits"]
+                if n == 1:
+                    first_search.append(time.perf_counter() - t)
+                if any(x["document_id"] == doc_id for x in hits):
+                    visible.append(time.perf_counter() - t0)
+                    tries.append(n)
+                    break
+                if time.perf_counter() - t0 > 120:
+                    raise SystemExit(f"B did not see document {doc_id} within 120 s")
+        ms = [v * 1000 for v in visible]
+        fs = [v * 1000 for v in first_search]
+        print(f"visible through B after A's response: p50 {pct(ms, 0.5):.0f} ms, p95 {pct(ms, 0.95):.0f} ms, "
+              f"max {max(ms):.0f} ms")
+        print(f"B's first search after an upload (index catches up inside it): p50 {pct(fs, 0.5):.0f} ms, "
+              f"p95 {pct(fs, 0.95):.0f} ms")
+        print(f"searches B needed: {statistics.mean(tries):.2f} on average (1 = at its next request), max {max(tries)}")
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(30)
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    main()
