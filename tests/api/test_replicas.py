@@ -26,8 +26,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from tests.api.test_api import FASTAPI_DOCS, SECRET_MD, Server, needs_llm, start_server, stop_server
-from tests.conftest import PG_ADMIN, _pg_available
+from tests.api.test_api import FASTAPI_DOCS, SECRET_MD, Server, start_server, stop_server
+from tests.conftest import PG_ADMIN, _pg_available, skip_or_fail
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {"CTXQA_MAX_FILES_PER_UPLOAD": "200", "CTXQA_MAX_NEW_TOKENS": "32"}
@@ -149,7 +149,7 @@ def md_files(n: int, skip: int = 0) -> list[Path]:
         by_name.setdefault(p.name, p)
     files = sorted(by_name.values())[skip:skip + n]
     if len(files) < n:
-        pytest.skip(f"the shared fastapi-docs corpus is not at {FASTAPI_DOCS}")
+        skip_or_fail(f"the shared fastapi-docs corpus is not at {FASTAPI_DOCS}")
     return files
 
 
@@ -158,7 +158,6 @@ def upload(c: httpx.Client, files: list[Path], collection: str) -> httpx.Respons
                   files=[("files", (p.name, p.read_bytes(), "text/markdown")) for p in files])
 
 
-@needs_llm
 def test_upload_through_a_is_answerable_through_b_and_delete_through_b_is_gone_from_a(replicas: dict) -> None:  # type: ignore[type-arg]
     a, b = replicas["a"], replicas["b"]
     with a.client() as ca, b.client() as cb:
