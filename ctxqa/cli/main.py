@@ -53,14 +53,21 @@ def _print_json(obj: Any) -> None:
 
 @app.command()
 def config(json_out: JsonOpt = False) -> None:
-    """Print the effective settings (defaults < ctxqa.toml < CTXQA_* env)."""
-    eff = _ctx().settings.effective()
+    """Print the effective settings (defaults < ctxqa.toml < CTXQA_* env) and the embedding backend that runs."""
+    from ctxqa.rag.embed.embedder import backend_choice
+
+    settings = _ctx().settings
+    eff = settings.effective()
+    # `auto` is measured on this CPU on first use (progress on stderr), then read from the cache.
+    choice = backend_choice(settings, progress=lambda m: err.print(m, markup=False, highlight=False))
     if json_out:
-        _print_json(eff)
+        _print_json({**eff, "embedding_backend_choice": choice.to_json()})
         return
     t = Table("setting", "value", "env var")
     for k, v in eff.items():
         t.add_row(k, str(v), f"CTXQA_{k.upper()}")
+    when = f" (measured {choice.measured_at} in {choice.decided_s:.1f} s)" if choice.measured_at else ""
+    t.add_row("embedding backend running", choice.reason + when, "")
     out.print(t)
 
 

@@ -22,6 +22,7 @@ CPU against fp32 before choosing it (rag/embed/choose.py).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,10 +55,13 @@ def recipe_for_this_cpu() -> Int8Recipe:
     return Int8Recipe(reduce_range=True, fp32_ffn_out_layers=2)
 
 
+def _is_weighted(node: Any, inits: set[str] | dict[str, Any]) -> bool:
+    return node.op_type in ("MatMul", "Attention") and len(node.input) > 1 and node.input[1] in inits
+
+
 def _weighted_nodes(model: Any) -> list[Any]:
     inits = {i.name for i in model.graph.initializer}
-    return [n for n in model.graph.node if n.op_type in ("MatMul", "Attention") and len(n.input) > 1
-            and n.input[1] in inits]
+    return [n for n in model.graph.node if _is_weighted(n, inits)]
 
 
 def activation_ranges(fp32_path: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -92,11 +96,12 @@ def smooth(src: Path, dst: Path, ranges: dict[str, np.ndarray], percentile: floa
 
     model = onnx.load(str(src))
     inits = {i.name: i for i in model.graph.initializer}
-    targets = {id(n) for n in _weighted_nodes(model)}
+    uses = Counter(x for n in model.graph.node for x in n.input)
     nodes: list[Any] = []
     changed = 0
     for n in model.graph.node:
-        if id(n) in targets and n.input[0] in ranges:
+        # A weight shared by two matmuls cannot take one input's scales.
+        if _is_weighted(n, inits) and n.input[0] in ranges and uses[n.input[1]] == 1:
             a = ranges[n.input[0]].astype(np.float64)
             w = numpy_helper.to_array(inits[n.input[1]])
             if w.ndim == 2 and w.shape[0] == a.shape[0]:
