@@ -3,20 +3,23 @@
 Why: on this project's CPUs (Xeon with AMX), OpenVINO runs the same fp32 ONNX graph (rag/onnx_embed.py exports it)
 in bf16 at about 2x ONNX Runtime's int8 and 3.7x its fp32 throughput (bench/embed.py: ~30k vs ~15k vs ~8k word
 pieces/s on 2 cores), with vectors far closer to fp32 than int8's (cosine > 0.999 on the probe texts vs ~0.99).
-Without native bf16 the fp32 graph runs at about ONNX Runtime fp32's speed, slower than int8: `bf16_capable()`
-lets the "auto" backend choose.
+Without native bf16 the fp32 graph runs at about ONNX Runtime fp32's speed, slower than int8; "auto" measures
+which wins on the CPU it runs on (rag/embed/choose.py).
 
 The graph is verified once per (export, OpenVINO version, precision) against ONNX Runtime's fp32 vectors of the
 same export (which rag/onnx_embed.py verified against torch); a graph that does not reproduce them is refused and
 the embedder falls back to ONNX Runtime. The verification is memoised in the export's cache directory.
 
 int8 ("openvino-int8"): NNCF post-training static quantisation of the same export (SmoothQuant + fast bias
-correction, its transformer recipe), calibrated on original texts shipped with ctxqa (rag/data/
-embed_calibration.jsonl: prose, code, filings, abstracts, queries...), made once and cached next to the export.
+correction, its transformer recipe; the first FFN down-projection left in floating point, `_first_ffn_out`),
+calibrated on original texts shipped with ctxqa (rag/data/embed_calibration.jsonl: prose, code, filings,
+abstracts, queries...), made once and cached next to the export.
 Why: on CPUs with int8 dot products (AVX512-VNNI / AVX-VNNI) but no AMX, e.g. AMD EPYC (Zen 4), int8 matmuls run
 at twice the bf16 rate: 21.4k word pieces/s against 13.2k for bf16 and 14.2k for ONNX Runtime's dynamic int8
-(bench/embed.py, 2 cores), cosine to fp32 0.996 on average (ONNX Runtime int8: 0.992). On Xeons with AMX, bf16 is
-as fast (34.6k vs 32.0k, bench/embed.py) and closer to fp32, so "auto" keeps bf16 there (`amx_capable`).
+(bench/embed.py, 2 cores), cosine to fp32 0.996 on average. On Xeons with AMX, bf16 is faster (43.0k vs 39.8k)
+and closer to fp32. Without VNNI (AVX2-only CPUs; emulated here with ONEDNN_MAX_CPU_ISA=AVX2) oneDNN's int8 is
+slower than its fp32 (3.4k vs 9.1k word pieces/s) and saturates (min cosine 0.987, the issue-18 EPYC's figure),
+and NNCF's 7-bit overflow fix does not rescue it (0.988, 3.5k): "auto" rejects it there by measuring.
 """
 
 from __future__ import annotations
@@ -155,7 +158,7 @@ class OpenVinoEncoder:
     widths are padded to a multiple of it (AMX tiles hold 16 rows: 62x131 runs ~8 % slower per token than 64x128;
     the extra padding costs less than that, bench/embed.py). Not for int8: on the AMX Xeon its kernels return
     wrong vectors for some rows of a batch padded to 16 (SciFact queries: mean cosine to fp32 0.951, min 0.728;
-    unaligned 0.998 / 0.996; tests/test_embed.py holds a batch to the vectors of its texts alone)."""
+    unaligned 0.998 / 0.996; tests/rag/embed/test_embedder.py holds a batch to the vectors of its texts alone)."""
 
     def __init__(self, onnx_path: Path, *, threads: int | None = None, precision: str | None = None,
                  cache_dir: Path | None = None, mode: str = "latency") -> None:
