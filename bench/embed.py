@@ -1,12 +1,23 @@
-"""Embedding throughput of the backends on real chunks, interleaved so a busy machine hurts all variants alike.
+"""Embedding throughput of the backends on real chunks, interleaved so a busy machine hurts all variants alike, and
+what `auto` picks on this CPU and how long deciding takes.
 
     python bench/embed.py [--sample 512] [--rounds 3] [--threads 2] [--variants ...] [--budgets 4096,8192,16384]
+                          [--no-auto] [--int8-recipe cpu|no-vnni]
 
 Chunks: every Markdown/PDF file under ../shared/data/corpora, loaded and chunked exactly as the pipeline does
 (Settings() chunk size and overlap), cached in bench/results/. A fixed random sample (seed 0) is embedded by each
 variant in turn, `--rounds` times, in the same process; the table shows the best and the median round and the
 speed-up over "torch" (sentence-transformers, fp32, batch 64: the baseline). Also the cosine of each variant's
-vectors to torch's on the sample (mean/min).
+vectors to torch's (fp32) on the sample (mean/min). The first table is issue 18's: word pieces/s (best round),
+x torch, cosine to fp32 mean / min; the CPU is named above it.
+
+Then `auto`'s decision, measured afresh (rag/embed/choose.py `measure`, the cached choice is neither read nor
+written; the exported models are cached, so this is the time a first start takes once the exports exist): the
+choice, the reason, and the time taken (loading the variants included). `--no-auto` skips it.
+
+`--int8-recipe no-vnni` builds ONNX Runtime int8 with the recipe for CPUs without VNNI (7-bit weights, two FFN
+outputs in fp32) on this CPU: its vectors are those an AVX2-only CPU computes (nothing saturates, so the integers are
+the same), its speed is this CPU's, not theirs. OpenVINO can emulate an older CPU itself: ONEDNN_MAX_CPU_ISA=AVX2.
 
 Variants
 - torch: `Embedder(backend="torch")` (sentence-transformers, sorts by characters, 64 per batch)
@@ -96,14 +107,34 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=None, help="padded tokens per batch; default: the backend's own")
     ap.add_argument("--budgets", default="", help="comma-separated token budgets to sweep for onnx-int8")
     ap.add_argument("--variants",
-                    default="torch,onnx,onnx-int8,openvino,openvino-int8,onnx-int8@fixed64,onnx-int8@unsorted64")
+                    default="torch,onnx,onnx-int8,openvino,openvino-int8",
+                    help="also: onnx-int8@fixed64, onnx-int8@unsorted64, BACKEND@latency, BACKEND@TOKENS")
+    ap.add_argument("--no-auto", action="store_true", help="skip measuring auto's decision")
+    ap.add_argument("--int8-recipe", choices=["cpu", "no-vnni"], default="cpu",
+                    help="ONNX Runtime int8 recipe: this CPU's, or the one for CPUs without VNNI (emulated)")
     ap.add_argument("--out", type=Path, default=RESULTS / "embed.json")
     args = ap.parse_args()
 
     from ctxqa.rag.config import Settings
+    from ctxqa.rag.embed.cpu import cpu_info
     from ctxqa.rag.embed.embedder import Embedder
 
     settings = Settings()
+    cache_dir = settings.embedding_cache_dir
+    if args.int8_recipe == "no-vnni":
+        import tempfile
+
+        from ctxqa.rag.embed import onnx_int8
+
+        onnx_int8.recipe_for_this_cpu = lambda: onnx_int8.Int8Recipe(reduce_range=True, fp32_ffn_out_layers=2)
+        cache_dir = Path(tempfile.mkdtemp(prefix="ctxqa-embed-no-vnni-"))  # not the real cache: another recipe
+    info = cpu_info()
+    feats = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+             if f in info.flags]
+    print(f"CPU: {info.model}; {info.cores} cores; {' '.join(feats)}"
+          + (f"; ONEDNN_MAX_CPU_ISA={info.onednn_max_isa}" if info.onednn_max_isa else "")
+          + ("; ONNX Runtime int8: the no-VNNI recipe (emulated)" if args.int8_recipe == "no-vnni" else ""),
+          flush=True)
     wanted = [v for v in args.variants.split(",") if v]
     wanted += [f"onnx-int8@{b}" for b in args.budgets.split(",") if b]
     backends = {v.split("@")[0] for v in wanted}
@@ -111,7 +142,7 @@ def main() -> None:
     for b in sorted(backends):
         t = time.perf_counter()
         emb[b] = Embedder(settings.embedding_model, backend=b, threads=args.threads, batch_tokens=args.budget,
-                          cache_dir=settings.embedding_cache_dir)
+                          cache_dir=cache_dir)
         if emb[b].backend != b:
             raise SystemExit(f"backend {b} is not available here (fell back to {emb[b].backend})")
         print(f"loaded {b} in {time.perf_counter() - t:.1f}s", flush=True)
@@ -187,17 +218,44 @@ def main() -> None:
                      "speedup_vs_" + ref_name: best_ref / best, "cpu_s": min(cpu[v]),
                      "cpu_speedup_vs_" + ref_name: min(cpu[ref_name]) / min(cpu[v]), "cos_mean": float(cos.mean()),
                      "cos_min": float(cos.min())})
-    print(f"\n| variant | chunks/s (best) | chunks/s (median) | word pieces/s | x {ref_name} (wall) | CPU s | "
-          f"x {ref_name} (CPU) | cosine to {ref_name} mean / min |")
-    print("| --- " * 8 + "|")
+    print(f"\n| variant | word pieces/s | x {ref_name} | cosine to {ref_name} (fp32) mean / min |")
+    print("|---|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['variant']} | {r['chunks_per_s']:.1f} | {r['chunks_per_s_median']:.1f} | {r['tokens_per_s']:.0f} | "
-              f"{r['speedup_vs_' + ref_name]:.2f} | {r['cpu_s']:.1f} | {r['cpu_speedup_vs_' + ref_name]:.2f} | "
+        print(f"| {r['variant']} | {r['tokens_per_s']:,.0f} | {r['speedup_vs_' + ref_name]:.2f} | "
               f"{r['cos_mean']:.4f} / {r['cos_min']:.4f} |")
+    print(f"\n| variant | chunks/s (best) | chunks/s (median) | CPU s | x {ref_name} (CPU) |")
+    print("|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['chunks_per_s']:.1f} | {r['chunks_per_s_median']:.1f} | {r['cpu_s']:.1f} | "
+              f"{r['cpu_speedup_vs_' + ref_name]:.2f} |")
+    auto: dict[str, Any] | None = None
+    if not args.no_auto:
+        emb.clear()
+        vecs.clear()
+        from ctxqa.rag.embed import choose
+
+        def factory(backend: str) -> Embedder:
+            return Embedder(settings.embedding_model, backend=backend, threads=args.threads,
+                            batch_tokens=args.budget, cache_dir=cache_dir)
+
+        report = choose.measure(factory, choose.CANDIDATES)
+        auto = report.to_json()
+        print(f"\nauto picks {report.choice} here, decided in {report.decided_s:.1f} s ({report.load_s:.1f} s of it "
+              f"loading the variants): {report.reason}")
+        print("| variant | word pieces/s (check set) | cosine mean / min | query min | top-5 agreement | passed |")
+        print("|---|---:|---:|---:|---:|---|")
+        for v in report.variants:
+            if v.available:
+                print(f"| {v.backend} | {v.word_pieces_per_s:,.0f} | {v.cos_mean:.4f} / {v.cos_min:.4f} | "
+                      f"{v.query_cos_min:.4f} | {v.rank_agreement:.2f} | {'yes' if v.passed else 'no: ' + v.note} |")
+            else:
+                print(f"| {v.backend} | - | - | - | - | {v.note} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"sample_chunks": len(sample), "tokens": n_tokens, "chars": chars,
+    args.out.write_text(json.dumps({"cpu": info.model, "cores": info.cores, "cpu_features": feats,
+                                    "onednn_max_isa": info.onednn_max_isa, "int8_recipe": args.int8_recipe,
+                                    "sample_chunks": len(sample), "tokens": n_tokens, "chars": chars,
                                     "threads": args.threads, "load_average_start": load0,
-                                    "load_average_end": os.getloadavg()[0], "rows": rows}, indent=1))
+                                    "load_average_end": os.getloadavg()[0], "rows": rows, "auto": auto}, indent=1))
 
 
 if __name__ == "__main__":

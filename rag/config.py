@@ -44,13 +44,14 @@ class Settings(BaseSettings):
     )
     embedding_backend: Literal["auto", "openvino", "openvino-int8", "onnx-int8", "onnx", "torch"] = Field(
         "auto",
-        description="'auto' (openvino on CPUs with AMX, else openvino-int8), 'openvino' (the ONNX export "
-                    "run by OpenVINO, bf16 where supported), 'openvino-int8' (that export quantised to int8 once by "
-                    "NNCF; bf16/fp32 for queries), 'onnx-int8' (ONNX Runtime, int8 weights for bulk "
-                    "embedding, fp32 for queries), 'onnx' (fp32) or 'torch' (sentence-transformers, the reference): "
-                    "the same vector space within tolerance (bench/embed_quality.py). The ONNX export is made once "
-                    "and cached; a backend that cannot start falls back to the next (openvino[-int8] → onnx-int8 → torch) "
-                    "with a warning.",
+        description="'auto' (measured on this CPU on first use: the fastest backend whose vectors agree with fp32 on "
+                    "a built-in check, cached per CPU, cores and library versions; `ctxqa config` shows it and why), "
+                    "'openvino' (the ONNX export run by OpenVINO, bf16 where supported), 'openvino-int8' (that "
+                    "export quantised to int8 once by NNCF; bf16/fp32 for queries), 'onnx-int8' (ONNX Runtime, int8 "
+                    "for bulk embedding, fp32 for queries), 'onnx' (fp32) or 'torch' (sentence-transformers, the "
+                    "reference): the same vector space within tolerance (bench/embed_quality.py). A forced backend "
+                    "measures nothing. The ONNX export is made once and cached; a backend that cannot start falls "
+                    "back to the next (openvino[-int8] → onnx-int8 → torch) with a warning.",
     )
     embedding_batch_size: int = 64
     embedding_batch_tokens: int | None = Field(
@@ -58,7 +59,8 @@ class Settings(BaseSettings):
                                 "default: the backend's measured best (OpenVINO 2048, ONNX Runtime 8192).")
     embedding_threads: int | None = Field(None, ge=1, description="Inference threads; default: all cores.")
     embedding_cache_dir: Path | None = Field(
-        None, description="Where exported ONNX models are cached; default $XDG_CACHE_HOME/ctxqa (~/.cache/ctxqa).")
+        None, description="Where exported ONNX models and the measured `auto` choice are cached; default "
+                          "$XDG_CACHE_HOME/ctxqa (~/.cache/ctxqa).")
     # Short chunks for dense matching (MiniLM was trained on 128-piece passages), scored lexically in a window of
     # neighbours (`lexical_window`) and read by the model with their neighbours (`neighbour_window`): SciFact
     # held-out nDCG@10 0.743 vs 0.729 for 200-piece chunks without windows (bench/retrieval.py).

@@ -8,10 +8,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ctxqa.cli.common import CollectionOpt, JsonOpt, context, fail, out, print_json
+from ctxqa.cli.common import CollectionOpt, JsonOpt, context, err, fail, out, print_json
 from ctxqa.rag.db import repo
 from ctxqa.rag.db.models import Collection
 from ctxqa.rag.db.session import Database
+from ctxqa.rag.embed.embedder import backend_choice
 from ctxqa.rag.generate import GeneratorError, backend_status, resolve_model_path
 from ctxqa.rag.generate.inspect import configured_profile, inspect_model
 from ctxqa.rag.index.store import IndexStore
@@ -21,14 +22,19 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 
 
 def config(json_out: JsonOpt = False) -> None:
-    """Print the effective settings (defaults < ctxqa.toml < CTXQA_* env)."""
-    eff = context().settings.effective()
+    """Print the effective settings (defaults < ctxqa.toml < CTXQA_* env) and the embedding backend that runs."""
+    settings = context().settings
+    eff = settings.effective()
+    # `auto` is measured on this CPU on first use (progress on stderr), then read from the cache.
+    choice = backend_choice(settings, progress=lambda m: err.print(m, markup=False, highlight=False))
     if json_out:
-        print_json(eff)
+        print_json({**eff, "embedding_backend_choice": choice.to_json()})
         return
     t = Table("setting", "value", "env var")
     for k, v in eff.items():
         t.add_row(k, str(v), f"CTXQA_{k.upper()}")
+    when = f" (measured {choice.measured_at} in {choice.decided_s:.1f} s)" if choice.measured_at else ""
+    t.add_row("embedding backend running", choice.reason + when, "")
     out.print(t)
 
 

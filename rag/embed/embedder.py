@@ -5,14 +5,15 @@ every backend (rag/onnx_embed.py exports the same weights; tests/test_embed.py h
 
 Backends (`Settings.embedding_backend`):
 - "torch": `SentenceTransformer.encode` (sorts by length, fixed batch size). The reference.
-- "onnx" / "onnx-int8": the model exported once to ONNX (fused BERT ops; int8: dynamic per-channel weight
-  quantisation) and cached under `Settings.embedding_cache_dir`; no torch at run time. Batches are *length-bucketed
+- "onnx" / "onnx-int8": the model exported once to ONNX (fused BERT ops; int8: smoothed dynamic int8 with
+  per-channel weights, 7-bit ones on CPUs without VNNI, rag/embed/onnx_int8.py) and cached under `Settings.embedding_cache_dir`; no torch at run time. Batches are *length-bucketed
   by a token budget*: texts are tokenised once, sorted by (token length, text) and cut into batches of at most
   `embedding_batch_tokens` padded tokens (and `embedding_batch_size` texts), so short chunks go in big batches,
   long ones in small ones, and padding stays near zero. Sorting by (length, text) makes the batches a function
   of the set of texts, not of their order: the same input in any order gives bit-identical vectors (this matters
   for int8, whose activation scales are per batch). "onnx-int8" runs calls of at most `small_call_texts` texts
-  (queries) on the fp32 graph: int8 for the bulk where speed matters, full precision where it does not.
+  (queries), and texts of at most `full_precision_tokens` word pieces in any call, on the fp32 graph: int8 for the
+  bulk where speed matters, full precision where it does not.
 - "openvino": the same fp32 export compiled by OpenVINO, which runs it in bf16 on CPUs with native bf16 (AMX,
   AVX512-BF16): on a Xeon with AMX ~2x ONNX Runtime int8 and ~3.7x fp32, on an EPYC (AVX512-BF16, no AMX) only
   ~1.7x fp32; vectors within cosine 0.9999 of fp32 (rag/openvino_embed.py). Bulk calls run on a
@@ -23,8 +24,10 @@ Backends (`Settings.embedding_backend`):
   pieces/s; its int8 matmuls then run at ~90 % of the cores' VNNI peak, so this is about the ceiling for MiniLM
   there), cosine ~0.997 to fp32, SciFact nDCG@10 within 0.2 % (bench/embed_quality.py). Small calls (queries)
   run the fp32 graph (bf16 where native), as for "onnx-int8".
-- "auto" (the default): "openvino" (bf16) on CPUs with AMX, where bf16 is as fast as int8 and closer to fp32;
-  else "openvino-int8"; "onnx-int8" where OpenVINO is missing.
+- "auto" (the default): measured on the CPU it runs on (rag/embed/choose.py): on first use every backend that
+  starts is timed on built-in texts and checked against fp32 (min cosine, top-5 agreement); the fastest that
+  passes runs, and the choice is cached per CPU, cores and library versions (`Embedder.choice` says what and why).
+  Measured so far: OpenVINO bf16 on a Xeon with AMX, OpenVINO int8 on an AVX-512 VNNI EPYC.
 If a backend cannot start (package missing, export refused, graph failing its check), the embedder logs a warning
 and falls back: openvino / openvino-int8 → onnx-int8 → torch (same vectors, slower). `Embedder.backend` says which
 one runs.
@@ -35,12 +38,16 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from ctxqa.rag.config import DEFAULT_EMBEDDING_MODEL, Settings
+
+if TYPE_CHECKING:
+    from ctxqa.rag.embed.choose import ChoiceReport
 
 log = logging.getLogger(__name__)
 
@@ -84,17 +91,51 @@ BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
 DEFAULT_BATCH_TOKENS = {"openvino": 2048, "openvino-int8": 2048, "onnx": 8192, "onnx-int8": 8192}
 
 
-def auto_backend() -> str:
-    """The fastest backend measured for this CPU (bench/embed.py): OpenVINO bf16 where AMX makes bf16 matmuls as
-    fast as int8 (Xeon: 34.6k word pieces/s, int8 32.0k), OpenVINO int8 elsewhere (EPYC: 21.4k vs bf16 13.2k and
-    ONNX Runtime int8 14.2k), ONNX Runtime int8 without OpenVINO."""
-    try:
-        import openvino  # noqa: F401
+def model_id(path: Path, name: str) -> str:
+    """The model's identity for the `auto` choice cache: its name and its files' names, sizes and mtimes (a changed
+    or reinstalled model is measured again; hashing 90 MB of weights on every start would cost more)."""
+    import hashlib
 
-        from ctxqa.rag.embed.openvino_runtime import amx_capable, bf16_capable
-    except ImportError:  # pragma: no cover - openvino is a core dependency
-        return "onnx-int8"
-    return "openvino" if amx_capable() and bf16_capable() else "openvino-int8"
+    h = hashlib.sha256(name.encode())
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.relative_to(path)}|{st.st_size}|{st.st_mtime_ns};".encode())
+    return f"{name}@{h.hexdigest()[:16]}"
+
+
+def forced_choice(backend: str) -> ChoiceReport:
+    from ctxqa.rag.embed.choose import ChoiceReport
+
+    return ChoiceReport(choice=backend, reason=f"{backend}: forced by CTXQA_EMBEDDING_BACKEND (nothing measured)",
+                        key="")
+
+
+def choose_backend(spec: str = DEFAULT_EMBEDDING_MODEL, *, threads: int | None = None,
+                   batch_tokens: int | None = None, cache_dir: Path | str | None = None, batch_size: int = 64,
+                   small_call_texts: int = 8, progress: Callable[[str], None] | None = None) -> ChoiceReport:
+    """What `auto` runs on this machine, and why: the cached measurement, or a new one (rag/embed/choose.py)."""
+    from ctxqa.rag.embed.choose import choose
+    from ctxqa.rag.embed.onnx_runtime import default_cache_dir
+
+    path = resolve_embedding_model(spec)
+
+    def factory(backend: str) -> Embedder:
+        return Embedder(spec, backend=backend, batch_size=batch_size, threads=threads, batch_tokens=batch_tokens,
+                        cache_dir=cache_dir, small_call_texts=small_call_texts)
+
+    return choose(factory, cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
+                  model_id=model_id(path, canonical_model_name(spec)), threads=threads, batch_tokens=batch_tokens,
+                  progress=progress)
+
+
+def backend_choice(settings: Settings, progress: Callable[[str], None] | None = None) -> ChoiceReport:
+    """The backend these settings run and why (`ctxqa config`): forced, or measured for `auto`."""
+    if settings.embedding_backend != "auto":
+        return forced_choice(settings.embedding_backend)
+    return choose_backend(settings.embedding_model, threads=settings.embedding_threads,
+                          batch_tokens=settings.embedding_batch_tokens, cache_dir=settings.embedding_cache_dir,
+                          batch_size=settings.embedding_batch_size, progress=progress)
 
 
 def _max_seq_length(model_dir: Path) -> int:
@@ -134,7 +175,7 @@ class Embedder:
 
     def __init__(self, spec: str = DEFAULT_EMBEDDING_MODEL, *, backend: str = "torch", batch_size: int = 64,
                  threads: int | None = None, batch_tokens: int | None = None, cache_dir: Path | str | None = None,
-                 small_call_texts: int = 8) -> None:
+                 small_call_texts: int = 8, progress: Callable[[str], None] | None = None) -> None:
         if backend not in BACKENDS:
             raise EmbedderError(f"embedding backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.spec = spec
@@ -143,7 +184,12 @@ class Embedder:
         self.batch_size = batch_size
         self.threads = threads
         self.requested_backend = backend
-        self.backend = auto_backend() if backend == "auto" else backend
+        # "auto": measured on this CPU on first use, then cached (rag/embed/choose.py); a forced backend measures
+        # nothing.
+        self.choice: ChoiceReport = choose_backend(
+            spec, threads=threads, batch_tokens=batch_tokens, cache_dir=cache_dir, batch_size=batch_size,
+            small_call_texts=small_call_texts, progress=progress) if backend == "auto" else forced_choice(backend)
+        self.backend = self.choice.choice
         self.model: Any = None  # the SentenceTransformer ("torch" backend only)
         self._onnx: Any = None
         # "onnx-int8": calls of at most this many texts (queries, tiny documents) run on the fp32 graph. Speed is
@@ -151,6 +197,11 @@ class Embedder:
         # vs ~0.993 for a chunk); full-precision queries keep SciFact nDCG@10 within 0.05% of fp32 instead of
         # 0.4% (bench/embed_quality.py) and keep query-side scores (abstention thresholds) as calibrated.
         self.small_call_texts = small_call_texts
+        # ...and so do texts of at most this many word pieces ([CLS]/[SEP] included) inside bulk calls: a 3-piece
+        # text ("ok") came out of int8 at cosine 0.975 (ONNX Runtime) and 0.962 (OpenVINO) while every text of 7
+        # pieces or more stayed >= 0.993 (rag/data/embed_check.jsonl, Xeon); short texts are a sliver of a
+        # corpus's word pieces, so full precision costs them nothing measurable.
+        self.full_precision_tokens = 16
         self._onnx_fp32: Any = None
         self._lock = threading.Lock()
         if self.backend in ("openvino", "openvino-int8"):
@@ -206,7 +257,8 @@ class Embedder:
         cache = Path(cache_dir) if cache_dir else None
         if backend in ("openvino", "openvino-int8"):
             from ctxqa.rag.embed.onnx_runtime import probe_texts
-            from ctxqa.rag.embed.openvino_runtime import calibration_texts, load_verified
+            from ctxqa.rag.embed.openvino_runtime import load_verified
+            from ctxqa.rag.embed.samples import calibration_texts
 
             fp32 = ensure_exported(self.path, "fp32", cache, threads)
             probe = self._pad([e.ids for e in tk.encode_batch(probe_texts())])
@@ -294,24 +346,39 @@ class Embedder:
         stripped = [str(t).strip() for t in texts]
         ids = [e.ids for e in self._batch_tokenizer.encode_batch(stripped)]
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        session = self._onnx_fp32 if self._onnx_fp32 is not None and len(texts) <= self.small_call_texts \
-            else self._onnx
-        batches = self.batches([len(x) for x in ids], stripped, batch_size=batch_size)
+        everything = list(range(len(texts)))
+        if self._onnx_fp32 is None:
+            groups = [(self._onnx, everything)]
+        elif len(texts) <= self.small_call_texts:
+            groups = [(self._onnx_fp32, everything)]
+        else:  # by length alone, so the split (like the batches) depends on the set of texts, not their order
+            is_short = [len(x) <= self.full_precision_tokens for x in ids]
+            groups = [(self._onnx_fp32, [i for i in everything if is_short[i]]),
+                      (self._onnx, [i for i in everything if not is_short[i]])]
+        for session, rows in groups:
+            if rows:
+                self._run(session, [ids[i] for i in rows], [stripped[i] for i in rows], batch_size,
+                          out, np.asarray(rows))
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        out /= np.maximum(norms, 1e-12)
+        return out
+
+    def _run(self, session: Any, ids: list[list[int]], keys: list[str], batch_size: int, out: np.ndarray,
+             rows: np.ndarray) -> None:
+        """Embed `ids` (one group of a call) on `session` into `out[rows]`."""
+        batches = self.batches([len(x) for x in ids], keys, batch_size=batch_size)
         if hasattr(session, "embed_many"):
-            # OpenVINO: the whole call under this model's own lock (a query runs on the latency model meanwhile),
+            # OpenVINO: the whole group under this model's own lock (a query runs on the latency model meanwhile),
             # batches padded while the streams run.
             with session.lock:
                 vecs = session.embed_many(self._pad([ids[i] for i in b], session.align) for b in batches)
             for b, v in zip(batches, vecs):
-                out[b] = v
+                out[rows[b]] = v
         else:
             for b in batches:
                 arr, mask = self._pad([ids[i] for i in b])
                 with self._lock:  # per batch, so a query can slip in between the batches of a long ingest
-                    out[b] = session.embed(arr, mask)
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        out /= np.maximum(norms, 1e-12)
-        return out
+                    out[rows[b]] = session.embed(arr, mask)
 
     def encode_query(self, text: str) -> np.ndarray:
         return self.encode([text])[0]

@@ -8,8 +8,8 @@ retrieval quality within a fraction of a percent of fp32 (bench/embed_quality.py
 How
 - `ensure_exported(model_dir, precision)` exports the Hugging Face encoder of a local sentence-transformers
   directory with `torch.onnx.export` (dynamic batch and sequence axes; mean or CLS pooling inside the graph, as
-  the model's pooling config says), runs ONNX Runtime's transformer optimiser and, for "int8",
-  `quantize_dynamic` (per-channel, signed int8 weights). Each artefact is checked against the torch model on probe
+  the model's pooling config says), runs ONNX Runtime's transformer optimiser and, for "int8", the recipe of
+  rag/embed/onnx_int8.py (smoothed dynamic int8, per-channel weights; 7-bit weights on CPUs without VNNI). Each artefact is checked against the torch model on probe
   texts before it is published; a graph that does not reproduce the torch vectors is refused, never cached.
 - Artefacts live in `<cache>/onnx/<fingerprint>/`, the fingerprint covering the model files' contents, the export
   recipe revision and the ONNX Runtime version. Files are written to a temporary name and renamed into place, so
@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ctxqa.rag.embed.onnx_int8 import quantise, recipe_for_this_cpu
 from ctxqa.rag.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,9 @@ log = logging.getLogger(__name__)
 Precision = Literal["fp32", "int8"]
 
 # Bump when the exported graph, the optimiser settings or the quantisation recipe change: old caches are ignored.
-EXPORT_REVISION = 1
+# 2: the int8 recipe of rag/embed/onnx_int8.py (smoothing, fp32 embeddings and first FFN outputs, 7-bit weights
+# on CPUs without VNNI).
+EXPORT_REVISION = 2
 OPSET = 17
 
 # Checked after every export: cosine to the torch vectors must be at least this on every probe text.
@@ -179,16 +182,20 @@ def _optimise(src: Path, dst: Path, model_dir: Path) -> None:
     opt.save_model_to_file(str(dst))
 
 
-def _quantise(src: Path, dst: Path) -> None:
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def _calibration_feeds(model_dir: Path) -> list[dict[str, np.ndarray]]:
+    """The shipped calibration texts, one per feed (no padding in the activation statistics)."""
+    from transformers import AutoTokenizer
 
-    logging.getLogger().disabled, was = True, logging.getLogger().disabled  # its "consider pre-processing" note
-    try:
-        quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    finally:
-        logging.getLogger().disabled = was
+    from ctxqa.rag.embed.samples import calibration_texts
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    cfg = model_dir / "sentence_bert_config.json"
+    window = int(json.loads(cfg.read_text()).get("max_seq_length") or 256) if cfg.is_file() else 256
+    feeds = []
+    for text in calibration_texts():
+        ids = np.array([tok(text, truncation=True, max_length=window)["input_ids"]], dtype=np.int64)
+        feeds.append({"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)})
+    return feeds
 
 
 def _probe_check(path: Path, model_dir: Path, torch_model: Any, precision: str, threads: int | None) -> float:
@@ -225,7 +232,8 @@ def ensure_exported(model_dir: Path, precision: Precision = "fp32", cache_dir: P
     pooling = pooling_mode(model_dir)
     target_dir = cache / "onnx" / fingerprint(model_dir, cache)
     fp32 = target_dir / "model.fp32.onnx"
-    final = target_dir / f"model.{precision}.onnx"
+    recipe = recipe_for_this_cpu()
+    final = target_dir / f"model.{recipe.tag if precision == 'int8' else precision}.onnx"
     if final.is_file():
         return final
     with _export_lock:
@@ -247,11 +255,12 @@ def ensure_exported(model_dir: Path, precision: Precision = "fp32", cache_dir: P
                 os.replace(opt, fp32)
             if precision == "int8":
                 q = Path(tmp) / "int8.onnx"
-                _quantise(fp32, q)
+                quantise(fp32, q, _calibration_feeds(model_dir), recipe, Path(tmp))
                 _probe_check(q, model_dir, torch_model, "int8", threads)
                 os.replace(q, final)
         (target_dir / "source.json").write_text(json.dumps(
-            {"model_dir": str(model_dir), "pooling": pooling, "revision": EXPORT_REVISION}, indent=1))
+            {"model_dir": str(model_dir), "pooling": pooling, "revision": EXPORT_REVISION,
+             "int8_recipe": str(recipe)}, indent=1))
     return final
 
 

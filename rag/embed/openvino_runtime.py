@@ -3,20 +3,23 @@
 Why: on this project's CPUs (Xeon with AMX), OpenVINO runs the same fp32 ONNX graph (rag/onnx_embed.py exports it)
 in bf16 at about 2x ONNX Runtime's int8 and 3.7x its fp32 throughput (bench/embed.py: ~30k vs ~15k vs ~8k word
 pieces/s on 2 cores), with vectors far closer to fp32 than int8's (cosine > 0.999 on the probe texts vs ~0.99).
-Without native bf16 the fp32 graph runs at about ONNX Runtime fp32's speed, slower than int8: `bf16_capable()`
-lets the "auto" backend choose.
+Without native bf16 the fp32 graph runs at about ONNX Runtime fp32's speed, slower than int8; "auto" measures
+which wins on the CPU it runs on (rag/embed/choose.py).
 
 The graph is verified once per (export, OpenVINO version, precision) against ONNX Runtime's fp32 vectors of the
 same export (which rag/onnx_embed.py verified against torch); a graph that does not reproduce them is refused and
 the embedder falls back to ONNX Runtime. The verification is memoised in the export's cache directory.
 
 int8 ("openvino-int8"): NNCF post-training static quantisation of the same export (SmoothQuant + fast bias
-correction, its transformer recipe), calibrated on original texts shipped with ctxqa (rag/data/
-embed_calibration.jsonl: prose, code, filings, abstracts, queries...), made once and cached next to the export.
+correction, its transformer recipe; the first FFN down-projection left in floating point, `_first_ffn_out`),
+calibrated on original texts shipped with ctxqa (rag/data/embed_calibration.jsonl: prose, code, filings,
+abstracts, queries...), made once and cached next to the export.
 Why: on CPUs with int8 dot products (AVX512-VNNI / AVX-VNNI) but no AMX, e.g. AMD EPYC (Zen 4), int8 matmuls run
 at twice the bf16 rate: 21.4k word pieces/s against 13.2k for bf16 and 14.2k for ONNX Runtime's dynamic int8
-(bench/embed.py, 2 cores), cosine to fp32 0.996 on average (ONNX Runtime int8: 0.992). On Xeons with AMX, bf16 is
-as fast (34.6k vs 32.0k, bench/embed.py) and closer to fp32, so "auto" keeps bf16 there (`amx_capable`).
+(bench/embed.py, 2 cores), cosine to fp32 0.996 on average. On Xeons with AMX, bf16 is faster (43.0k vs 39.8k)
+and closer to fp32. Without VNNI (AVX2-only CPUs; emulated here with ONEDNN_MAX_CPU_ISA=AVX2) oneDNN's int8 is
+slower than its fp32 (3.4k vs 9.1k word pieces/s) and saturates (min cosine 0.987, the issue-18 EPYC's figure),
+and NNCF's 7-bit overflow fix does not rescue it (0.988, 3.5k): "auto" rejects it there by measuring.
 """
 
 from __future__ import annotations
@@ -31,12 +34,13 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ctxqa.rag.embed.cpu import cpu_info
+from ctxqa.rag.embed.samples import CALIBRATION_FILE, data_digest
 from ctxqa.rag.files import atomic_write
 
 # Minimum cosine to ONNX Runtime fp32 on every probe text. bf16 keeps ~8 bits of mantissa: measured >= 0.9995.
@@ -44,8 +48,8 @@ from ctxqa.rag.files import atomic_write
 MIN_COSINE = {"bf16": 0.998, "f32": 0.9999, "int8": 0.98}
 
 # Bump when the quantisation recipe changes: older int8 models in the cache are ignored.
-QUANT_REVISION = 1
-CALIBRATION_FILE = "embed_calibration.jsonl"
+# 2: the first FFN down-projection stays in floating point (`_first_ffn_out`).
+QUANT_REVISION = 2
 
 log = logging.getLogger(__name__)
 _quant_lock = threading.Lock()
@@ -62,38 +66,29 @@ def _core() -> Any:
 
 
 def bf16_capable() -> bool:
-    """Whether OpenVINO's CPU plugin runs bf16 natively here (what makes this backend the fast one)."""
+    """Whether OpenVINO's CPU plugin runs bf16 natively here (what makes this backend the fast one). With
+    ONEDNN_MAX_CPU_ISA capping the kernels below bf16 (emulating an older CPU), the plugin still reports BF16 but
+    cannot compile a bf16 graph: the cap wins."""
     try:
         caps = _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     except Exception:  # noqa: BLE001 - no openvino, or a CPU plugin that cannot say: not the fast path
         return False
-    return "BF16" in caps
-
-
-def amx_capable() -> bool:
-    """Whether the CPU has AMX tile units (Linux: the amx_bf16 flag). There bf16 matmuls are as fast as int8."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "amx_bf16" in line.split()
-    except OSError:
-        pass
-    return False
-
-
-def calibration_texts() -> list[str]:
-    """The int8 calibration set shipped with ctxqa (original texts of many kinds; see the module docstring)."""
-    raw = resources.files("rag").joinpath("data", CALIBRATION_FILE).read_text(encoding="utf-8")
-    return [json.loads(line)["text"] for line in raw.splitlines() if line.strip()]
-
-
-def _calibration_digest() -> str:
-    raw = resources.files("rag").joinpath("data", CALIBRATION_FILE).read_bytes()
-    return hashlib.sha256(raw).hexdigest()[:16]
+    info = cpu_info()
+    return "BF16" in caps and (not info.onednn_max_isa or info.onednn_bf16)
 
 
 Calibration = Callable[[], list[tuple[np.ndarray, np.ndarray]]]
+
+
+def _first_ffn_out(model: Any) -> list[str]:
+    """The first FFN down-projection (a MatMul fed by a Gelu), left unquantised. Its input holds the model's
+    largest activation outlier (MiniLM layer 0: one channel at 24.6 against 5.9 for the next), which the per-tensor
+    activation scale of static int8 cannot serve: keeping it in floating point (1/18 of the matmul work) raised the
+    minimum cosine to fp32 from 0.9934 to 0.9967 on 256 shared corpora chunks (Xeon), at no measurable speed cost."""
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "MatMul" and op.input_value(0).get_node().get_type_name() == "Gelu":
+            return [op.get_friendly_name()]
+    return []
 
 
 def ensure_quantized(onnx_path: Path, calibration: Calibration) -> Path:
@@ -111,7 +106,7 @@ def ensure_quantized(onnx_path: Path, calibration: Calibration) -> Path:
         raise OpenVinoError("the int8 OpenVINO backend needs NNCF to quantise the model once (pip install nncf)") from e
     onnx_path = Path(onnx_path)
     key = hashlib.sha256(f"rev={QUANT_REVISION};ov={ov.__version__};nncf={nncf.__version__};"
-                         f"calib={_calibration_digest()}".encode()).hexdigest()[:16]
+                         f"calib={data_digest(CALIBRATION_FILE)}".encode()).hexdigest()[:16]
     target = onnx_path.parent / f"openvino-int8-{key}"
     xml = target / "model.xml"
     if xml.is_file():
@@ -130,9 +125,11 @@ def ensure_quantized(onnx_path: Path, calibration: Calibration) -> Path:
         try:
             nncf.set_log_level(logging.ERROR)
             # NNCF draws progress bars on stdout; keep stdout for the CLI's output (--json).
+            skip = _first_ffn_out(model)
             with contextlib.redirect_stdout(sys.stderr):
                 q = nncf.quantize(model, nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER,
-                                  subset_size=len(feeds))
+                                  subset_size=len(feeds), **({"ignored_scope": nncf.IgnoredScope(names=skip)}
+                                                             if skip else {}))
             ov.save_model(q, str(tmp / "model.xml"), compress_to_fp16=False)
             try:
                 os.rename(tmp, target)
@@ -161,7 +158,7 @@ class OpenVinoEncoder:
     widths are padded to a multiple of it (AMX tiles hold 16 rows: 62x131 runs ~8 % slower per token than 64x128;
     the extra padding costs less than that, bench/embed.py). Not for int8: on the AMX Xeon its kernels return
     wrong vectors for some rows of a batch padded to 16 (SciFact queries: mean cosine to fp32 0.951, min 0.728;
-    unaligned 0.998 / 0.996; tests/test_embed.py holds a batch to the vectors of its texts alone)."""
+    unaligned 0.998 / 0.996; tests/rag/embed/test_embedder.py holds a batch to the vectors of its texts alone)."""
 
     def __init__(self, onnx_path: Path, *, threads: int | None = None, precision: str | None = None,
                  cache_dir: Path | None = None, mode: str = "latency") -> None:
@@ -186,7 +183,9 @@ class OpenVinoEncoder:
         }
         if cache_dir is not None:
             # OpenVINO's own compiled-blob cache: later processes load the compiled model instead of compiling.
-            core.set_property({"CACHE_DIR": str(Path(cache_dir) / "openvino-blobs")})
+            # Per ISA cap: a blob compiled for AMX kernels must not be loaded by a run emulating an AVX2 CPU.
+            isa = cpu_info().onednn_max_isa
+            core.set_property({"CACHE_DIR": str(Path(cache_dir) / ("openvino-blobs" + (f"-{isa}" if isa else "")))})
         self.compiled = core.compile_model(str(self.path), "CPU", config)
         self.streams = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))) \
             if mode == "throughput" else 1

@@ -80,6 +80,21 @@ def test_bad_input_is_reported_and_run_continues(bad_tree: Path, tmp_path: Path,
     assert any("brûlée" in h["text"] for h in json.loads(s.stdout)["hits"])
 
 
+def test_config_shows_the_embedding_backend_and_why(tmp_path: Path) -> None:
+    """`auto`: the measured choice (measured here now, or read from the cache) with its reason and figures, stdout
+    left to the JSON; a forced backend: said to be forced, nothing measured."""
+    r = run(["config", "--json"], tmp_path / "data")
+    assert r.returncode == 0, r.stderr
+    choice = json.loads(r.stdout)["embedding_backend_choice"]
+    assert choice["choice"] in {v["backend"] for v in choice["variants"] if v["passed"]}
+    assert choice["reason"].startswith(choice["choice"] + ": the fastest here") and choice["key"]
+    table = run(["config"], tmp_path / "data", COLUMNS="400")  # no wrapping in the table
+    assert "embedding backend running" in table.stdout and "measured" in table.stdout
+    forced = run(["config", "--json"], tmp_path / "data", CTXQA_EMBEDDING_BACKEND="onnx")
+    got = json.loads(forced.stdout)["embedding_backend_choice"]
+    assert got["choice"] == "onnx" and "forced by CTXQA_EMBEDDING_BACKEND" in got["reason"] and not got["variants"]
+
+
 def test_missing_path_and_empty_folder(tmp_path: Path) -> None:
     data = tmp_path / "data"
     empty = tmp_path / "empty"

@@ -1,9 +1,11 @@
 """The embedding backends: ONNX (fp32, int8) and OpenVINO against the torch reference, batching, windows, export
-cache, the "auto" choice.
+cache. The "auto" choice: tests/rag/embed/test_choose.py.
 
 The ONNX model is exported once per test session into a temporary cache (the real export path: torch.onnx, the
-ONNX Runtime optimiser, dynamic int8 quantisation, the probe check), so these tests also prove a fresh machine can
-build it offline.
+ONNX Runtime optimiser, the int8 recipe, the probe check; fixtures in conftest.py), so these tests also prove a
+fresh machine can build it offline. Bars are what the product promises on any CPU: fp32-exact graphs within
+cosine 0.9999 of torch, bf16 within 0.998, int8 within `choose.MIN_COSINE` (0.99) per vector and the same ranking
+on a fixed set, not figures measured on one processor.
 """
 
 from __future__ import annotations
@@ -16,80 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
-
 from ctxqa.rag.config import Settings  # noqa: E402
 from ctxqa.rag.embed import onnx_runtime as onnx_embed  # noqa: E402
+from ctxqa.rag.embed.choose import MIN_COSINE  # noqa: E402
 from ctxqa.rag.embed.embedder import Embedder  # noqa: E402
-
-TEXTS = [
-    "FastAPI is a modern, fast (high-performance), web framework for building APIs with Python based on standard "
-    "Python type hints.",
-    "Net sales increased 8% or $6.9 billion during the third quarter of 2023 compared to the same quarter in 2022.",
-    "def read_item(item_id: int, q: str | None = None):\n    return {\"item_id\": item_id, \"q\": q}",
-    "Alterations of the architecture of cerebral white matter in the developing human brain can affect cortical "
-    "development and result in functional disabilities.",
-    "ok",
-    "  leading and trailing whitespace  ",
-    "Ünïcödé, emoji 🚀 and CJK 中文 text mixed with numbers 3.14159",
-]
-
-
-@pytest.fixture(scope="session")
-def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("onnx-cache")
-
-
-@pytest.fixture(scope="session")
-def onnx_int8(onnx_cache: Path) -> Embedder:
-    e = Embedder(backend="onnx-int8", cache_dir=onnx_cache, batch_tokens=2048)
-    assert e.backend == "onnx-int8", "the ONNX export failed (see the warning in the log)"
-    return e
-
-
-@pytest.fixture(scope="session")
-def onnx_fp32(onnx_cache: Path, onnx_int8: Embedder) -> Embedder:  # after int8: reuses its fp32 export
-    e = Embedder(backend="onnx", cache_dir=onnx_cache, batch_tokens=2048)
-    assert e.backend == "onnx"
-    return e
-
-
-@pytest.fixture(scope="session")
-def openvino(onnx_cache: Path, onnx_int8: Embedder) -> Embedder:  # after int8: runs the cached fp32 export
-    pytest.importorskip("openvino")
-    e = Embedder(backend="openvino", cache_dir=onnx_cache, batch_tokens=2048)
-    assert e.backend == "openvino", "OpenVINO failed to start (see the warning in the log)"
-    return e
-
-
-@pytest.fixture(scope="session")
-def openvino_int8(onnx_cache: Path, onnx_int8: Embedder) -> Embedder:  # quantises the cached fp32 export once
-    pytest.importorskip("openvino")
-    pytest.importorskip("nncf")
-    e = Embedder(backend="openvino-int8", cache_dir=onnx_cache, batch_tokens=2048)
-    assert e.backend == "openvino-int8", "OpenVINO int8 failed to start (see the warning in the log)"
-    return e
-
-
-@pytest.fixture(scope="session")
-def real_texts() -> list[str]:
-    """Real chunks of the shared corpora (Markdown and a 10-Q PDF) when present, else the built-in texts."""
-    shared = Path(os.environ.get("CTXQA_SHARED", Path(__file__).resolve().parents[3].parent / "shared"))
-    root = shared / "data" / "corpora"
-    if not root.is_dir():
-        return list(TEXTS)
-    from ctxqa.ingest.chunk import chunk
-    from ctxqa.ingest.loaders import load
-
-    tok = Embedder().new_tokenizer()
-    files = sorted(root.rglob("*.md"))[:6] + sorted(root.rglob("*.pdf"))[:1]
-    out: list[str] = []
-    for p in files:
-        specs = chunk(load(p), tok, 200, 32, max_tokens=256)
-        out.extend(sp.text for sp in specs[:40])
-    random.Random(0).shuffle(out)
-    return out[:160] + TEXTS
+from tests.rag.embed.conftest import TEXTS  # noqa: E402
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -103,32 +36,48 @@ def test_onnx_fp32_matches_torch(embedder: Embedder, onnx_fp32: Embedder, real_t
     assert _cos(got, ref).min() > 0.9999
 
 
+def _ranking_agrees(docs: np.ndarray, ref_docs: np.ndarray, queries: np.ndarray, ref_queries: np.ndarray,
+                    k: int = 5) -> float:
+    """Mean overlap of each query's top-k documents with the reference's."""
+    top = np.argsort(-(queries @ docs.T), axis=1)[:, :k]
+    ref = np.argsort(-(ref_queries @ ref_docs.T), axis=1)[:, :k]
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(top, ref)]))
+
+
+RANK_QUERIES = ["How do I declare a path parameter?", "What were net sales in the quarter?",
+                "dependency injection", "how to run the tests", "cash and marketable securities",
+                "risk factors", "deploy with Docker", "request body validation"]
+
+
 def test_onnx_int8_close_to_torch(embedder: Embedder, onnx_int8: Embedder, real_texts: list[str]) -> None:
+    """The int8 recipe (rag/embed/onnx_int8.py, the one for this CPU's int8 kernels) keeps every real chunk within
+    the product's bar of fp32 and the same top documents for real queries; and it really is int8."""
     assert len(real_texts) > onnx_int8.small_call_texts  # a bulk call: the int8 graph
     ref = embedder.encode(real_texts)
-    cos = _cos(onnx_int8.encode(real_texts), ref)
-    # Dynamic int8 moves each vector a little (mean ~0.993 on real chunks, least on long ones; a 1-word text in a
-    # batch of longer ones ~0.96); SciFact nDCG@10 stays within 0.5% of fp32 (bench/embed_quality.py). A broken
-    # quantisation (wrong scales, a dropped bias) lands far below these.
-    assert cos.mean() > 0.99
-    assert np.percentile(cos, 5) > 0.985
-    assert cos.min() > 0.95
-    # ...and it really is int8: not bit-for-bit the fp32 graph.
-    assert cos.max() < 0.99999
+    got = onnx_int8.encode(real_texts)
+    cos = _cos(got, ref)
+    assert cos.min() >= MIN_COSINE
+    assert _ranking_agrees(got, ref, onnx_int8.encode(RANK_QUERIES), embedder.encode(RANK_QUERIES)) >= 0.9
+    long = [t for t in real_texts if onnx_int8.count_tokens(t) > onnx_int8.full_precision_tokens]
+    assert len(long) > 100 and _cos(onnx_int8.encode(long), embedder.encode(long)).max() < 0.99999
 
 
 def test_int8_small_calls_run_at_full_precision(embedder: Embedder, onnx_fp32: Embedder,
-                                                onnx_int8: Embedder) -> None:
+                                                onnx_int8: Embedder, real_texts: list[str]) -> None:
     """Queries (and any call of at most `small_call_texts` texts) use the fp32 graph: the query side of the
-    search is exact, whatever the documents were embedded with."""
+    search is exact, whatever the documents were embedded with. So do short texts inside a bulk call; the rest of
+    a bulk call runs int8, within the product's bar of fp32."""
     queries = ["ok", "What is FastAPI?", "net sales growth in the third quarter"]
     for q in queries:
         assert float(onnx_int8.encode_query(q) @ embedder.encode_query(q)) > 0.9999
     small = onnx_int8.encode(queries)
     assert np.array_equal(small, onnx_fp32.encode(queries))
-    bulk = onnx_int8.encode(queries + TEXTS)[:3]  # 10 texts: the int8 graph
-    assert not np.array_equal(bulk, small)
-    assert _cos(bulk, small).min() > 0.95
+    long = [t for t in real_texts if onnx_int8.count_tokens(t) > onnx_int8.full_precision_tokens][:20]
+    assert all(onnx_int8.count_tokens(q) <= onnx_int8.full_precision_tokens for q in queries)
+    bulk = onnx_int8.encode(queries + long)
+    assert _cos(bulk[:3], small).min() > 0.99999  # short texts: the fp32 graph, even in a bulk call
+    assert not np.array_equal(bulk[3:], onnx_fp32.encode(long))  # the rest: the int8 graph...
+    assert _cos(bulk[3:], embedder.encode(long)).min() >= MIN_COSINE  # ...within the bar
 
 
 def test_openvino_close_to_torch(embedder: Embedder, openvino: Embedder, real_texts: list[str]) -> None:
@@ -237,20 +186,24 @@ def test_a_bad_openvino_graph_falls_back_to_onnx_int8(tmp_path: Path, onnx_cache
     assert not list(cache.glob("onnx/*/openvino-verified.json"))
 
 
-def test_openvino_int8_close_to_torch(embedder: Embedder, openvino_int8: Embedder, real_texts: list[str]) -> None:
-    """Static int8 (NNCF, calibrated on the shipped texts): on real chunks mean cosine ~0.996 to fp32, closer than
-    ONNX Runtime's dynamic int8; a wrong scale or a dropped bias lands far below these bars."""
+def test_openvino_int8_close_to_torch(embedder: Embedder, openvino_int8: Embedder, real_texts: list[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Static int8 (NNCF, calibrated on the shipped texts, first FFN output in floating point). `auto` runs it only
+    where its vectors pass the fidelity check (test_choose.py); here: it is really int8, it is deterministic per
+    text whatever the batch, and it ranks real queries as fp32 does."""
     assert len(real_texts) > openvino_int8.small_call_texts  # a bulk call: the int8 graph
     assert openvino_int8._onnx.precision == "int8"
-    cos = _cos(openvino_int8.encode(real_texts), embedder.encode(real_texts))
-    assert cos.mean() > 0.99
-    assert np.percentile(cos, 5) > 0.985
-    assert cos.min() > 0.95
-    assert cos.max() < 0.99999  # really quantised: not the fp32 graph
-    # A bulk call of short texts (the int8 graph): each text's vector in the batch is that of the text alone. On
-    # the AMX Xeon, batches padded to a multiple of 16 broke this (cosine 0.74 for the longest row; SciFact
-    # queries fell to 0.73): int8 batches get no alignment columns.
+    got = openvino_int8.encode(real_texts)
+    ref = embedder.encode(real_texts)
+    long = [t for t in real_texts if openvino_int8.count_tokens(t) > openvino_int8.full_precision_tokens]
+    assert len(long) > 100 and _cos(openvino_int8.encode(long), embedder.encode(long)).max() < 0.99999  # int8
+    assert _ranking_agrees(got, ref, openvino_int8.encode(RANK_QUERIES), embedder.encode(RANK_QUERIES)) >= 0.9
+    # A bulk call of short texts on the int8 graph (the full-precision route for short texts turned off): each
+    # text's vector in the batch is that of the text alone. On the AMX Xeon, batches padded to a multiple of 16
+    # broke this (cosine 0.74 for the longest row; SciFact queries fell to 0.73): int8 batches get no alignment
+    # columns.
     assert openvino_int8._onnx.align == 1
+    monkeypatch.setattr(openvino_int8, "full_precision_tokens", 0)
     short = ["What is FastAPI?", "net sales growth", "cerebral white matter", "path parameters",
              "Intel revenue for the quarter", "how to install", "dependency injection in FastAPI", "BM25",
              "quarterly operating income of Amazon Web Services", "a b c d e f g h i j k l m n o p q r s t u v w"]
@@ -259,19 +212,19 @@ def test_openvino_int8_close_to_torch(embedder: Embedder, openvino_int8: Embedde
     alone = np.stack([openvino_int8._onnx.embed(*openvino_int8._pad([tk.encode(t).ids]))[0] for t in short])
     alone /= np.linalg.norm(alone, axis=1, keepdims=True)
     assert _cos(together, alone).min() > 0.999
-    assert _cos(together, embedder.encode(short)).min() > 0.99
 
 
 def test_openvino_int8_queries_run_the_full_precision_graph(embedder: Embedder, openvino: Embedder,
-                                                            openvino_int8: Embedder) -> None:
+                                                            openvino_int8: Embedder, real_texts: list[str]) -> None:
     queries = ["ok", "What is FastAPI?", "net sales growth in the third quarter"]
     for q in queries:
         assert float(openvino_int8.encode_query(q) @ embedder.encode_query(q)) > 0.998
     small = openvino_int8.encode(queries)
     assert _cos(small, openvino.encode(queries)).min() > 0.99999  # the same bf16/f32 graph as "openvino"
-    bulk = openvino_int8.encode(queries + TEXTS)[:3]  # 10 texts: the int8 graph
-    assert not np.array_equal(bulk, small)
-    assert _cos(bulk, small).min() > 0.95
+    long = [t for t in real_texts if openvino_int8.count_tokens(t) > openvino_int8.full_precision_tokens][:20]
+    bulk = openvino_int8.encode(queries + long)
+    assert _cos(bulk[:3], small).min() > 0.99999  # short texts in a bulk call: that graph too
+    assert _cos(bulk[3:], openvino.encode(long)).max() < 0.99999  # the rest: int8
 
 
 def test_openvino_int8_model_is_cached_and_reused(onnx_cache: Path, openvino_int8: Embedder,
@@ -279,6 +232,7 @@ def test_openvino_int8_model_is_cached_and_reused(onnx_cache: Path, openvino_int
     import nncf
 
     from ctxqa.rag.embed import openvino_runtime as openvino_embed
+    from ctxqa.rag.embed import samples
 
     quantised = list(onnx_cache.glob("onnx/*/openvino-int8-*/model.xml"))
     assert len(quantised) == 1 and quantised[0].with_suffix(".bin").is_file()
@@ -289,7 +243,7 @@ def test_openvino_int8_model_is_cached_and_reused(onnx_cache: Path, openvino_int
 
     monkeypatch.setattr(nncf, "quantize", boom)
     monkeypatch.setattr(openvino_embed, "verify", boom)
-    monkeypatch.setattr(openvino_embed, "calibration_texts", boom)  # cached: no calibration work at start-up
+    monkeypatch.setattr(samples, "calibration_texts", boom)  # cached: no calibration work at start-up
     again = Embedder(backend="openvino-int8", cache_dir=onnx_cache, batch_tokens=2048)
     assert again.backend == "openvino-int8"
     assert np.array_equal(again.encode(TEXTS * 2), openvino_int8.encode(TEXTS * 2))
@@ -332,27 +286,15 @@ def json_keys(path: Path) -> list[str]:
 
 
 def test_calibration_texts_are_shipped_and_varied() -> None:
-    import json
-    from importlib import resources
-
-    from ctxqa.rag.embed.openvino_runtime import CALIBRATION_FILE, calibration_texts
+    from ctxqa.rag.embed.samples import calibration_kinds, calibration_texts, check_set
 
     texts = calibration_texts()
     assert len(texts) >= 150 and all(t.strip() for t in texts)
-    kinds = {json.loads(line)["kind"] for line in
-             resources.files("rag").joinpath("data", CALIBRATION_FILE).read_text(encoding="utf-8").splitlines()
-             if line.strip()}
+    kinds = calibration_kinds()
     assert {"code", "query", "finance", "science"} <= kinds and len(kinds) >= 10
-
-
-def test_auto_picks_by_cpu(onnx_cache: Path, openvino: Embedder, openvino_int8: Embedder) -> None:
-    """bf16 where AMX makes it as fast as int8; int8 elsewhere (bench/embed.py figures in rag/embed.py)."""
-    from ctxqa.rag.embed.openvino_runtime import amx_capable, bf16_capable
-
-    e = Embedder(backend="auto", cache_dir=onnx_cache)
-    assert e.requested_backend == "auto"
-    assert e.backend == ("openvino" if amx_capable() and bf16_capable() else "openvino-int8")
-    assert Settings().embedding_backend == "auto"
+    # The fidelity check `auto` runs is held out from calibration.
+    check = check_set()
+    assert not set(check.passages) & set(texts) and not set(check.queries) & set(texts)
 
 
 @pytest.mark.parametrize("which", ["onnx_fp32", "onnx_int8", "openvino", "openvino_int8"])
@@ -418,7 +360,7 @@ def test_long_text_is_counted_not_silently_truncated(embedder: Embedder, onnx_in
     assert all(onnx_int8.count_tokens(s.text) <= onnx_int8.max_tokens for s in specs)
     # Beyond the window both backends embed the same first 256 word pieces (as sentence-transformers does).
     cos = _cos(onnx_int8.encode([long]), embedder.encode([long]))[0]
-    assert cos > 0.98
+    assert cos >= MIN_COSINE
 
 
 def test_same_name_and_space_across_backends(embedder: Embedder, onnx_fp32: Embedder, onnx_int8: Embedder) -> None:
@@ -433,8 +375,10 @@ def test_same_name_and_space_across_backends(embedder: Embedder, onnx_fp32: Embe
 
 
 def test_export_is_cached_and_reused(onnx_cache: Path, onnx_int8: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ctxqa.rag.embed.onnx_int8 import recipe_for_this_cpu
+
     files = sorted(p.name for p in onnx_cache.glob("onnx/*/*.onnx"))
-    assert files == ["model.fp32.onnx", "model.int8.onnx"]
+    assert files == ["model.fp32.onnx", f"model.{recipe_for_this_cpu().tag}.onnx"]
 
     def boom(*a, **k):  # type: ignore[no-untyped-def]
         raise AssertionError("re-exported although the cache holds the model")
@@ -474,12 +418,13 @@ def test_unsupported_model_falls_back_to_torch(tmp_path: Path, embedder: Embedde
     assert "not supported by the ONNX backend" in caplog.text
 
 
-def test_settings_select_the_backend(onnx_cache: Path, onnx_int8: Embedder) -> None:
+def test_settings_select_the_backend(embedder: Embedder, onnx_cache: Path, onnx_int8: Embedder) -> None:
     s = Settings(embedding_backend="onnx-int8", embedding_cache_dir=onnx_cache, embedding_batch_tokens=1234,
                  embedding_threads=1)
     e = Embedder.from_settings(s)
     assert (e.backend, e.batch_tokens, e.threads) == ("onnx-int8", 1234, 1)
-    assert _cos(e.encode(TEXTS), onnx_int8.encode(TEXTS)).min() > 0.9999
-    assert _cos(e.encode(TEXTS * 3), onnx_int8.encode(TEXTS * 3)).min() > 0.98
+    assert _cos(e.encode(TEXTS), onnx_int8.encode(TEXTS)).min() > 0.9999  # a small call: fp32 either way
+    ref = embedder.encode(TEXTS * 3)
+    assert _cos(e.encode(TEXTS * 3), ref).min() >= MIN_COSINE  # a bulk call, other batches: within the bar
     with pytest.raises(Exception):
         Settings(embedding_backend="tensorflow")
