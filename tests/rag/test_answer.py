@@ -158,7 +158,9 @@ def test_finish_cited_block_that_supports_nothing_is_marked(ctx) -> None:  # typ
         f"Quantum penguins run the treasury of Atlantis since 1850.\n\nSource:\nblock: {b1.ref}\n"))
     assert [(c.status, c.supports_answer) for c in ans.citations] == [("verified", False)]
     assert ans.grounding == "unsupported" and [s.label for s in ans.sentences] == ["unsupported"]
-    assert ans.sentences[0].cited is False
+    # Its nearest (unsupporting) passage is shown; "cited" says whether the model cited that passage's block.
+    ev = ans.sentences[0].evidence
+    assert ev is not None and ans.sentences[0].cited == (ev.block_ref == b1.ref)
 
 
 def test_finish_uncited_supported_answer_gets_inferred_citations(ctx) -> None:  # type: ignore[no-untyped-def]
