@@ -12,6 +12,7 @@
 #   CA_BUNDLE=file    copied to docker/extra/ca.crt for pip (a TLS-inspecting proxy in front of PyPI)
 #   PORT=18000        where the container listens (host networking: no bridge is needed)
 #   KEEP=1            leave the container and its volume behind
+#   NO_CACHE=1        build without the layer cache (a clean build time)
 # Starts dockerd (vfs storage, no iptables, no bridge: what works inside an unprivileged VM) when none answers,
 # and stops it again at the end.
 set -euo pipefail
@@ -56,7 +57,7 @@ for var in BASE_IMAGE PIP_INDEX_URL TORCH_INDEX_URL LLAMA_CMAKE_ARGS; do
 done
 log "building $IMAGE (${args[*]:-public defaults})"
 start=$(date +%s)
-docker build --network host -f docker/Dockerfile -t "$IMAGE" "${args[@]}" .
+docker build --network host ${NO_CACHE:+--no-cache} -f docker/Dockerfile -t "$IMAGE" "${args[@]}" .
 build_s=$(( $(date +%s) - start ))
 
 log "running $IMAGE on 127.0.0.1:$PORT"
