@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.conftest import skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_the_dry_run_prepares_everything_up_to_the_first_cuda_call(shared_data: Path, tmp_path: Path) -> None:
     wheels = shared_data.parent / "gpu" / "wheels"
     if not any(wheels.glob("exllamav2-*.whl")):
-        pytest.skip(f"no exllamav2 wheel in {wheels}")
+        skip_or_fail(f"no exllamav2 wheel in {wheels}")
     whl = tmp_path / "whl"  # what `bash bench/gpu_check.sh --prepare` puts in .whl/ (pytest's wheels aside)
     shutil.copytree(wheels, whl)
     work, out = tmp_path / "work", tmp_path / "out"

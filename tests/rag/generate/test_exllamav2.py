@@ -122,7 +122,7 @@ def collect(stream: Iterator[str | Completion]) -> tuple[list[str], Completion]:
 
 @gpu
 def test_count_tokens_matches_the_tokenizer_with_bos(exl, model_dir: Path) -> None:
-    tokenizers = pytest.importorskip("tokenizers")
+    import tokenizers
     tok = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     assert exl.count_tokens(PROMPT) == len(tok.encode(PROMPT).ids)  # post-processor adds <s>, like add_bos
     assert exl.count_tokens("<s>" + PROMPT) == exl.count_tokens(PROMPT), "a template-written BOS is not doubled"

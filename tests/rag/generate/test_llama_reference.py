@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
 from tests.rag.generate.llama_reference import ReferenceLlama
 
-transformers = pytest.importorskip("transformers")
 SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "make_gptq_llama.py"
 
 

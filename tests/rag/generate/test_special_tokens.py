@@ -19,6 +19,7 @@ import pytest
 from ctxqa.rag.generate.special_tokens import Run, SpecialSplitter
 from ctxqa.rag.profiles import get_profile, render_prompt
 from ctxqa.rag.types import Prompt, PromptPart
+from tests.conftest import skip_or_fail
 from tests.rag.generate.exl_cpu import real_exllamav2
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -58,7 +59,6 @@ def test_runs_split_template_parts_only_and_join_text_across_parts() -> None:
 
 # --- llama.cpp ------------------------------------------------------------------------------------------------
 
-llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (extra 'gguf')")
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def smollm2():  # type: ignore[no-untyped-def]
     try:
         path = resolve_model_path("bundled:smollm2")
     except GeneratorError as exc:
-        pytest.skip(f"bundled SmolLM2 missing: {exc}")
+        skip_or_fail(f"bundled SmolLM2 missing: {exc}")
     g = LlamaCppGenerator(path, context_length=2048)
     yield g
     g.close()
