@@ -21,6 +21,10 @@ class CachedEmbed:
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
     def __call__(self, texts: list[str]) -> np.ndarray:
         out: list[np.ndarray | None] = []
         missing: list[str] = []

@@ -2,9 +2,11 @@
 
     select_quotes(question, hits, embed, limit=3) -> list[Quote]
 
-Candidate sentences are those of the retrieved chunks (each once, by its span in its document). Each is ranked
-by how well it answers the question: the embedding cosine of question and sentence, plus the share of the
-question's content words it contains, plus a little for the chunk's retrieval rank. The best sentences above a
+Candidate sentences are those of the retrieved chunks (each once, by its span in its document). The
+`EMBEDDED` best by the question's words they contain and their chunk's retrieval rank are embedded (a few dozen
+sentence vectors would cost more than the 50 ms a quote answer may take on top of retrieval), and ranked by how
+well they answer the question: the embedding cosine of question and sentence, plus the share of the question's
+content words it contains, plus a little for the chunk's retrieval rank. The best sentences above a
 relevance floor are returned, best first; a sentence that only restates the question (all of its words are the
 question's) is passed over. Nothing relevant: no quotes (the caller abstains).
 """
@@ -27,6 +29,7 @@ MIN_RELEVANCE = 0.30
 # A further sentence is quoted only when it comes close to the best one.
 RELATIVE_FLOOR = 0.85
 MIN_WORDS = 4
+EMBEDDED = 12
 
 
 @dataclass(frozen=True)
@@ -55,9 +58,13 @@ def select_quotes(question: str, hits: Sequence[Hit], embed: Embed | None, *, li
     cands = _candidates(hits)
     if not cands:
         return []
-    texts = [h.text[a:b] for _, h, a, b in cands]
     qtoks = content_tokens(question)
-    lexical = np.array([len(qtoks & content_tokens(t)) / max(1, len(qtoks)) for t in texts])
+    words = [len(qtoks & content_tokens(h.text[a:b])) / max(1, len(qtoks)) for _, h, a, b in cands]
+    keep = sorted(range(len(cands)), key=lambda i: (-words[i], cands[i][0], i))[:EMBEDDED]
+    keep.sort()
+    cands = [cands[i] for i in keep]
+    texts = [h.text[a:b] for _, h, a, b in cands]
+    lexical = np.array([words[i] for i in keep])
     if embed is not None:
         vecs = embed([question, *texts])
         cos = vecs[1:] @ vecs[0]
