@@ -20,8 +20,10 @@ from starlette.concurrency import run_in_threadpool
 
 from ctxqa.api.errors import install_error_handlers
 from ctxqa.api.metrics import Metrics, MetricsMiddleware
+from ctxqa.api.page_cache import ByteLRU
 from ctxqa.api.queue import GenerationQueue
 from ctxqa.api.routes import all_routers
+from ctxqa.api.routes.web import static_files
 from ctxqa.api.state import AppState, Services
 from ctxqa.rag.config import Settings
 from ctxqa.rag.db import repo
@@ -135,7 +137,8 @@ def create_app(services: Services, *, load_model: bool = True, owns_services: bo
     factory's case); otherwise the caller keeps them (tests that share loaded parts)."""
     settings = services.settings
     metrics = Metrics()
-    state = AppState(settings=settings, services=services, metrics=metrics)
+    state = AppState(settings=settings, services=services, metrics=metrics,
+                     page_images=ByteLRU(settings.page_cache_mb * 1024 * 1024))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -162,6 +165,7 @@ def create_app(services: Services, *, load_model: bool = True, owns_services: bo
     install_error_handlers(app)
     for router in all_routers():
         app.include_router(router)
+    app.mount("/static", static_files(), name="static")  # the web page's modules and styles (api/routes/web.py)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     def openapi() -> dict[str, Any]:

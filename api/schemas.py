@@ -323,3 +323,49 @@ class ChatResponse(BaseModel):
     answer_id: int | None = Field(None, description="ctxqa extension: GET /v1/answers/{id}.")
     grounding: Literal["supported", "partial", "unsupported", "abstained"] = Field(
         description="ctxqa extension: the verdict (unsupported sentences are also marked in the content).")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The evidence viewer: where a span lies on a PDF page, and the text around a span
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class BoxOut(BaseModel):
+    """A rectangle as fractions of the displayed page (0..1, origin top left): lay it over an image of any size."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+
+class PageBoxesOut(BaseModel):
+    document_id: int
+    page: int
+    page_count: int
+    width: float = Field(description="The page's width in PDF points (1/72 inch), as displayed.")
+    height: float
+    start: int = Field(description="The span asked for, in the document's text.")
+    end: int
+    span_pages: list[int] = Field(description="Every page the span touches.")
+    boxes: list[BoxOut] = Field(description="One box per line run of the span's characters on this page.")
+    method: Literal["offsets", "search", "none"] = Field(description=(
+        "offsets: aligned with the text as ingested; search: found by its characters (the text layer differs from "
+        "the ingested text); none: the span is not on this page or has no visible characters here."))
+    text: str = Field(description="The part of the span that lies on this page.")
+    image: str = Field(description="The page image's URL (GET it with the same key).")
+
+
+class SpanTextOut(BaseModel):
+    document_id: int
+    source: str
+    title: str | None = None
+    media_type: str
+    start: int
+    end: int
+    text: str = Field(description="The span itself.")
+    before: str = Field(description="Up to `context` characters of the document before the span.")
+    after: str = Field(description="Up to `context` characters after it.")
+    chunk_id: int | None = Field(None, description="The chunk that holds most of the span.")
+    heading_path: list[str] = Field(default_factory=list, description="Headings above the span.")
+    pages: list[int] = Field(default_factory=list, description="Pages the span touches (PDF).")

@@ -7,6 +7,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from ctxqa.api.page_cache import ByteLRU
+
 if TYPE_CHECKING:
     from ctxqa.api.metrics import Metrics
     from ctxqa.api.queue import GenerationQueue
@@ -57,3 +59,7 @@ class AppState:
     index_error: str | None = None
     # Uploads through this process are ingested one request at a time (the database serialises across replicas).
     ingest_lock: threading.RLock = field(default_factory=threading.RLock)
+    # Rendered page images for the evidence viewer (api/routes/pages.py); sized from settings.page_cache_mb.
+    page_images: ByteLRU = field(default_factory=lambda: ByteLRU(0))
+    # Page spans of PDFs ingested before they were stored with the document: read again once, by sha256.
+    page_layouts: dict[str, list[tuple[int, int]]] = field(default_factory=dict)

@@ -43,7 +43,10 @@ from ctxqa.rag.db.session import Database
 from ctxqa.rag.embed.embedder import Embedder
 from ctxqa.rag.index.chunk_text import embedding_text
 from ctxqa.rag.index.store import IndexStore
+from ctxqa.rag.originals import OriginalStore, prune_unreferenced
 from ctxqa.rag.types import ChunkSpec, LoadedDocument
+
+PDF_TYPE = "application/pdf"
 
 Status = str  # added | updated | unchanged | skipped | failed | removed
 
@@ -306,6 +309,7 @@ class Ingestor:
         # Leave room for [CLS]/[SEP]: a chunk must never be truncated by the embedder.
         self.chunk_size = min(settings.chunk_size, embedder.max_tokens - 2)
         self.chunk_overlap = min(settings.chunk_overlap, self.chunk_size // 2)
+        self.originals = OriginalStore(settings.originals_dir)
 
     # -- public --------------------------------------------------------------------------------------------
     def ingest(self, paths: Sequence[Path | str], *, collection: str | None = None,
@@ -352,6 +356,8 @@ class Ingestor:
 
         if prune:
             report.results.extend(self._prune(coll, roots, {f.source for f in found}, existing))
+        if report.count("updated") or report.count("removed"):
+            self.prune_originals()  # an updated PDF's previous bytes, a pruned document's copy
         t = time.perf_counter()
         self.store.save(coll)
         report.timings["index"] += time.perf_counter() - t
@@ -381,7 +387,20 @@ class Ingestor:
             s.flush()
             gen = repo.collection_generation(s, coll.id)
         self.store.apply(coll, int(gen or 0), remove_ids=removed)
+        self.prune_originals()
         return len(docs)
+
+    def _keep_original(self, path: Path, sha: str) -> str | None:
+        """Keep a copy of a PDF for the evidence viewer; a failure (disk full) costs the page images only."""
+        try:
+            self.originals.put(path, sha)
+            return None
+        except OSError as e:
+            return f"no copy kept for page images ({e.strerror or e}); its pages cannot be shown"
+
+    def prune_originals(self) -> int:
+        """Remove the kept PDF copies that no document refers to any more."""
+        return prune_unreferenced(self.settings, self.db)
 
     # -- preparation (worker thread) -----------------------------------------------------------------------
     def _prepare_all(self, todo: list[Found], existing: dict[str, Document], meta: dict[str, Any],
@@ -460,6 +479,8 @@ class Ingestor:
         prep.extra_meta = _json_safe({**side, **meta})
         if old is not None and old.status == "ingested" and old.sha256 == sha and \
                 (old.meta or {}).get("_added", {}) == prep.extra_meta and old.context_version == CONTEXT_VERSION:
+            if old.media_type == PDF_TYPE:
+                self._keep_original(f.path, sha)  # documents ingested before copies were kept get one now
             return prep  # unchanged: doc stays None (read again when the document-context rules changed)
         try:
             prep.doc = load(f.path, password=file_password)
@@ -472,6 +493,10 @@ class Ingestor:
                                    "please report this file; the run continued without it")
             prep.t_extract = time.perf_counter() - t
             return prep
+        if prep.doc.media_type == PDF_TYPE:
+            warning = self._keep_original(f.path, sha)
+            if warning:
+                prep.doc.warnings.append(warning)
         prep.context = document_context(prep.doc, f.source, prep.extra_meta, prep.mtime)
         prep.t_extract = time.perf_counter() - t
         t = time.perf_counter()
@@ -500,6 +525,8 @@ class Ingestor:
             c = prep.context
             meta["date"] = (c.date if c is not None and c.date else prep.mtime.date()).isoformat()
         meta["_added"] = prep.extra_meta  # what the user added, to detect metadata-only changes
+        if prep.doc.pages:  # where each page lies in the text: the evidence viewer maps spans to pages with it
+            meta["_page_spans"] = [[p.start, p.end] for p in prep.doc.pages]
         return _json_safe(meta)
 
     def _embed_group(self, group: list[tuple[_Prepared, Document | None]], report: IngestReport) -> _Plan:

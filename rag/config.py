@@ -175,6 +175,10 @@ class Settings(BaseSettings):
     max_new_tokens_limit: int = 2048
     max_verify_chars: int = Field(20_000, ge=1, description="Longest answer or passage /v1/verify accepts.")
     queue_size: int = 16
+    # --- evidence viewer (the web page's page images) ---------------------------------------------------------
+    page_scale: float = Field(1.5, ge=0.25, le=4.0, description=(
+        "Pixels per PDF point of a rendered page image (1.5 = 108 dpi; ?scale= may ask for 0.25..4)."))
+    page_cache_mb: int = Field(64, ge=0, description="Memory for rendered page images kept for reuse (0: none).")
 
     @classmethod
     def settings_customise_sources(
@@ -212,6 +216,11 @@ class Settings(BaseSettings):
     @property
     def index_dir(self) -> Path:
         return self.data_dir / "index"
+
+    @property
+    def originals_dir(self) -> Path:
+        """Copies of ingested PDFs, by content (the evidence viewer renders their pages)."""
+        return self.data_dir / "originals"
 
     def effective(self) -> dict[str, Any]:
         """Settings as printed by `ctxqa config` (the resolved database URL included, its password masked; the

@@ -15,6 +15,7 @@ from ctxqa.api.schemas import CollectionCreate, CollectionList, CollectionOut, D
 from ctxqa.api.state import AppState
 from ctxqa.api.validation import resolve_collection
 from ctxqa.rag.db import repo
+from ctxqa.rag.originals import prune_unreferenced
 
 router = APIRouter(tags=["collections"], route_class=JSONRoute)
 
@@ -62,6 +63,7 @@ def _delete(state: AppState, name: str) -> None:
             cid = coll.id
             repo.delete_collection(s, coll)
         state.services.store.drop(cid)
+        prune_unreferenced(state.settings, state.services.db)  # the kept PDF copies of its documents
 
 
 @router.delete("/v1/collections/{name}", response_model=Deleted, responses={

@@ -10,6 +10,7 @@ from rich.table import Table
 from ctxqa.cli.common import CollectionOpt, JsonOpt, context, fail, out, print_json
 from ctxqa.rag.db import repo
 from ctxqa.rag.index.vector import INDEX_TYPES
+from ctxqa.rag.originals import prune_unreferenced
 from ctxqa.rag.views import public_metadata
 
 docs_app = typer.Typer(help="Documents in a collection.", no_args_is_help=True)
@@ -118,6 +119,7 @@ def coll_rm(name: str, yes: Annotated[bool, typer.Option("--yes", "-y")] = False
         cid = coll.id
         repo.delete_collection(s, coll)
     ctx.store.drop(cid)
+    prune_unreferenced(ctx.settings, ctx.db)  # the kept PDF copies of its documents
     out.print(f"removed collection {name}")
 
 

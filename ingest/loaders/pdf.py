@@ -26,7 +26,7 @@ ENGINES = ("pdfium", "pypdf")
 DEFAULT_ENGINE = "pdfium"
 
 # PDFium is not thread-safe: serialise every call into it (the pipeline may load files from threads).
-_PDFIUM_LOCK = threading.Lock()
+PDFIUM_LOCK = threading.Lock()
 
 
 class PasswordRequired(Exception):
@@ -49,7 +49,7 @@ def extract_pdfium(path: Path, password: str | None = None) -> Extracted:
     """Text of every page with pypdfium2. Raises PasswordRequired or the engine's own errors."""
     import pypdfium2 as pdfium
 
-    with _PDFIUM_LOCK:
+    with PDFIUM_LOCK:
         try:
             pdf = pdfium.PdfDocument(str(path), password=password or None)
         except pdfium.PdfiumError as e:

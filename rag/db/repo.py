@@ -442,3 +442,14 @@ def key_by_hash(s: Session, digest: str) -> ApiKey | None:
 
 def all_keys(s: Session) -> list[ApiKey]:
     return list(s.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
+
+
+def document_digests(s: Session) -> set[str]:
+    """The sha256 of every PDF document (the kept copies that are still needed, rag/originals.py)."""
+    return set(s.scalars(select(Document.sha256).where(Document.media_type == "application/pdf")))
+
+
+def chunks_overlapping(s: Session, document_id: int, start: int, end: int) -> list[Chunk]:
+    """The document's chunks that overlap [start, end) of its text, in text order."""
+    return list(s.scalars(select(Chunk).where(Chunk.document_id == document_id, Chunk.char_start < end,
+                                              Chunk.char_end > start).order_by(Chunk.char_start)))
