@@ -4,7 +4,8 @@ A span is given in the document's text as ingested (ingest/loaders/pdf.py: norma
 blank line). To find it on the page, the page's text is read again with PDFium and normalised the same way; the
 normalisation only drops or merges whitespace and control characters, so the k-th visible (non-space) character
 of the normalised text is the k-th visible character PDFium reports, whose box PDFium knows. Characters' boxes
-are merged into one rectangle per line run. When the texts do not line up (a document extracted with the pypdf
+(the font's full height at the character, so a comma or an x-height word lines up with its capitals) are merged
+into one rectangle per line run. When the texts do not line up (a document extracted with the pypdf
 fallback, or a file that changed), the span's visible characters are searched for on the page instead, nearest
 to where they should be.
 
@@ -26,8 +27,11 @@ from ctxqa.rag.types import PageSpan
 
 # Characters of one line whose gap exceeds this many times the line height start a new box (columns, tables).
 _GAP_FACTOR = 1.5
-# Boxes are padded by this fraction of the line height so the highlight covers ascenders and descenders.
-_PAD = 0.12
+# Boxes are padded by this fraction of the line height (the boxes are the font's ascent to descent already).
+_PAD = 0.04
+# A character's font-height box taller than this many times its font size is not trusted (broken font metrics):
+# its glyph's own tight box is used instead.
+_LOOSE_MAX = 3.0
 HIGHLIGHT_RGBA = (255, 213, 0, 96)  # translucent yellow: the text under it stays readable
 
 
@@ -170,6 +174,41 @@ def merge_boxes(chars: Sequence[tuple[float, float, float, float]]) -> list[tupl
     return [(a, b, c, d) for a, b, c, d in out]
 
 
+def _char_indices(tp: Any, text_indices: list[int], text_len: int) -> list[int]:
+    """PDFium character indices of positions in the page's text (they differ where PDFium's text output inserts
+    or leaves out characters; for most pages they are the same)."""
+    import pypdfium2.raw as pdfium_c
+
+    n = tp.count_chars()
+    if text_len == n:
+        return [i for i in text_indices if i < n]
+    out = []
+    for i in text_indices:
+        ci = pdfium_c.FPDFText_GetCharIndexFromTextIndex(tp, i)
+        if 0 <= ci < n:
+            out.append(ci)
+    return out
+
+
+def _char_box(tp: Any, i: int) -> tuple[float, float, float, float]:
+    """Character i's box (left, bottom, right, top): its glyph's box widened to the font's height at that place,
+    so every character of a line has the same top and bottom (a comma's tight box sits below the letters')."""
+    import pypdfium2 as pdfium
+    import pypdfium2.raw as pdfium_c
+
+    l, b, r, t = tp.get_charbox(i)
+    if r <= l or t <= b:
+        return l, b, r, t  # a generated character (no glyph): merge_boxes skips it
+    try:
+        ll, lb, lr, lt = tp.get_charbox(i, loose=True)
+    except pdfium.PdfiumError:
+        return l, b, r, t
+    size = pdfium_c.FPDFText_GetFontSize(tp, i)
+    if lt <= lb or (size > 0 and lt - lb > _LOOSE_MAX * size):
+        return l, b, r, t
+    return min(l, ll), min(b, lb), max(r, lr), max(t, lt)
+
+
 def _to_view(box: tuple[float, float, float, float], page: Any) -> Box:
     """PDF user space (origin bottom-left of the media box) to fractions of the displayed page."""
     left, bottom, right, top = box
@@ -211,8 +250,7 @@ def span_boxes(path: Path, page_no: int, start: int, end: int, *, page_text: str
                     text = page_text if page_text is not None else normalize_page(raw)
                     start, end = max(0, start), min(len(text), end)
                     idx, method = locate(text, raw, start, end) if end > start else ([], "none")
-                    n = tp.count_chars()
-                    chars = [tp.get_charbox(i) for i in idx if i < n]
+                    chars = [_char_box(tp, ci) for ci in _char_indices(tp, idx, len(raw))]
                 finally:
                     tp.close()
                 boxes = [_to_view(b, page) for b in merge_boxes(chars)]
