@@ -194,7 +194,7 @@ async def receive_upload(request: Request, settings: Settings, principal: Princi
         raise ApiError(413, "payload_too_large", f"request body of {declared} bytes is larger than "
                        f"{max_files} files x max_upload_bytes ({max_bytes})", field="files")
 
-    tmpdir = settings.data_dir / "uploads" / uuid.uuid4().hex
+    tmpdir = settings.uploads_dir / uuid.uuid4().hex
     tmpdir.mkdir(parents=True, exist_ok=False)
     try:
         parser = UploadParser(request.headers, _limited(request.stream(), body_limit), tmpdir=tmpdir,

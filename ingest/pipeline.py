@@ -310,6 +310,7 @@ class Ingestor:
         self.chunk_size = min(settings.chunk_size, embedder.max_tokens - 2)
         self.chunk_overlap = min(settings.chunk_overlap, self.chunk_size // 2)
         self.originals = OriginalStore(settings.originals_dir)
+        self.uploads_dir = settings.uploads_dir.resolve()
 
     # -- public --------------------------------------------------------------------------------------------
     def ingest(self, paths: Sequence[Path | str], *, collection: str | None = None,
@@ -393,7 +394,8 @@ class Ingestor:
     def _keep_original(self, path: Path, sha: str) -> str | None:
         """Keep a copy of a PDF for the evidence viewer; a failure (disk full) costs the page images only."""
         try:
-            self.originals.put(path, sha)
+            # Hard-link only an upload's temporary file (nobody rewrites it); a user's own file is copied.
+            self.originals.put(path, sha, link=path.resolve().is_relative_to(self.uploads_dir))
             return None
         except OSError as e:
             return f"no copy kept for page images ({e.strerror or e}); its pages cannot be shown"

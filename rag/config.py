@@ -218,6 +218,11 @@ class Settings(BaseSettings):
         return self.data_dir / "index"
 
     @property
+    def uploads_dir(self) -> Path:
+        """Uploads being received and ingested (api/uploads.py), one temporary folder per request."""
+        return self.data_dir / "uploads"
+
+    @property
     def originals_dir(self) -> Path:
         """Copies of ingested PDFs, by content (the evidence viewer renders their pages)."""
         return self.data_dir / "originals"

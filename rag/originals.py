@@ -1,7 +1,8 @@
 """Copies of the ingested PDFs, named by their sha256: what the evidence viewer renders pages from.
 
 The file a document was ingested from may move or change (and an upload's temporary file is gone once it is
-ingested), so ingestion keeps a copy, hard-linked when it can. Content addressing makes the copy shared by every
+ingested), so ingestion keeps a copy: an upload's temporary file is hard-linked when it can be (nobody else writes
+it), a user's file is copied (a link would change with it). Content addressing makes the copy shared by every
 document with the same bytes and lets a reader check it is the very file the chunks came from. Copies no
 document refers to any more are removed by `prune` after deletions.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Iterable
@@ -50,9 +50,14 @@ class OriginalStore:
         p = self.path_for(sha256)
         return p if p.is_file() else None
 
-    def put(self, src: Path, sha256: str) -> Path:
-        """Keep a copy of `src` (whose digest is `sha256`): a hard link when on the same file system, else a copy
-        written to a temporary name and renamed (a reader never sees half a file). Idempotent."""
+    def put(self, src: Path, sha256: str, *, link: bool = False) -> Path:
+        """Keep a copy of `src` (whose digest is `sha256`), written to a temporary name and renamed (a reader never
+        sees half a file). Idempotent.
+
+        `link`: hard-link instead when on the same file system: only for a file nobody else writes (an upload's
+        temporary file). A link to a user's file would change with it when the file is rewritten in place, and
+        every document sharing the digest would then show other bytes. A copy is checked against `sha256` as it
+        is written: a file that changed since it was hashed raises OSError and leaves nothing behind."""
         dst = self.path_for(sha256)
         if dst.is_file():
             return dst
@@ -60,11 +65,19 @@ class OriginalStore:
         fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{sha256[:12]}.", suffix=".tmp")
         os.close(fd)
         try:
-            try:
-                os.unlink(tmp)
-                os.link(src, tmp)
-            except OSError:  # another file system, or links not allowed: copy
-                shutil.copyfile(src, tmp)
+            linked = False
+            if link:
+                try:
+                    os.unlink(tmp)
+                    os.link(src, tmp)
+                    linked = True
+                except OSError:  # another file system, or links not allowed: copy
+                    pass
+            if not linked:
+                digest = _copy_hashing(src, Path(tmp))
+                if digest != sha256:
+                    raise OSError(f"{src} changed while it was being ingested (sha256 {digest[:12]}..., "
+                                  f"expected {sha256[:12]}...)")
             os.replace(tmp, dst)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -97,6 +110,16 @@ def prune_unreferenced(settings: Settings, db: Database) -> int:
     with db.session() as s:
         referenced = repo.document_digests(s)
     return OriginalStore(settings.originals_dir).prune(referenced)
+
+
+def _copy_hashing(src: Path, dst: Path) -> str:
+    """Copy src to dst (truncating it) and return the sha256 of the bytes written."""
+    h = hashlib.sha256()
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        for block in iter(lambda: fi.read(1 << 20), b""):
+            h.update(block)
+            fo.write(block)
+    return h.hexdigest()
 
 
 def file_sha256(path: Path) -> str:
