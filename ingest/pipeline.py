@@ -47,6 +47,9 @@ from ctxqa.rag.originals import OriginalStore, prune_unreferenced
 from ctxqa.rag.types import ChunkSpec, LoadedDocument
 
 PDF_TYPE = "application/pdf"
+# Documents with more sections than this keep none in their metadata (the viewer then shows the headings above
+# the chunk that holds a span): the metadata is read with every document listed.
+MAX_SECTIONS_KEPT = 2000
 
 Status = str  # added | updated | unchanged | skipped | failed | removed
 
@@ -529,6 +532,8 @@ class Ingestor:
         meta["_added"] = prep.extra_meta  # what the user added, to detect metadata-only changes
         if prep.doc.pages:  # where each page lies in the text: the evidence viewer maps spans to pages with it
             meta["_page_spans"] = [[p.start, p.end] for p in prep.doc.pages]
+        if 0 < len(prep.doc.sections) <= MAX_SECTIONS_KEPT:  # the evidence viewer's headings above a span
+            meta["_sections"] = [[s.start, s.end, list(s.headings)] for s in prep.doc.sections]
         return _json_safe(meta)
 
     def _embed_group(self, group: list[tuple[_Prepared, Document | None]], report: IngestReport) -> _Plan:

@@ -6,6 +6,7 @@ them may be left out), so any stretch is rebuilt from the chunks that cover it. 
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 
 
@@ -36,3 +37,15 @@ def clip_to_page(page_spans: Sequence[tuple[int, int]], page: int, start: int, e
     a, b = page_spans[page - 1]
     s, e = max(start, a), min(end, b)
     return (s - a, e - a) if s < e else (0, 0)
+
+
+def heading_path_at(sections: Sequence[tuple[int, int, Sequence[str]]], pos: int) -> list[str]:
+    """The heading path at `pos` from (start, end, headings) sections, in any order: that of the innermost
+    section holding it (the latest-starting one that covers it), as the chunker finds a chunk's. [] if none."""
+    ordered = sorted(sections, key=lambda s: (s[0], -s[1], len(s[2])))
+    starts = [s[0] for s in ordered]
+    for i in range(bisect_right(starts, pos) - 1, -1, -1):
+        start, end, headings = ordered[i]
+        if pos < end:
+            return list(headings)
+    return []

@@ -33,7 +33,7 @@ from ctxqa.ingest.loaders import pdf_pages
 from ctxqa.ingest.loaders.base import LoadError
 from ctxqa.rag.db import repo
 from ctxqa.rag.originals import OriginalStore, file_sha256
-from ctxqa.rag.spans import clip_to_page, pages_of, stitch
+from ctxqa.rag.spans import clip_to_page, heading_path_at, pages_of, stitch
 
 log = logging.getLogger("ctxqa.api")
 router = APIRouter(tags=["documents"], route_class=JSONRoute)
@@ -66,6 +66,7 @@ class _Doc:
     path: str | None
     page_count: int | None
     page_spans: list[tuple[int, int]] | None
+    sections: list[tuple[int, int, list[str]]] | None  # (start, end, heading path), when stored at ingestion
     extractor: str | None
     stamp: str  # when it was last ingested: part of every ETag (same bytes re-chunked is another version)
 
@@ -80,8 +81,11 @@ def _document(state: AppState, principal: Principal, doc_id: int) -> _Doc:
             raise ApiError(403, "forbidden", f"this key may not read document {doc_id}'s collection")
         meta = doc.meta or {}
         spans = meta.get("_page_spans")
+        sections = meta.get("_sections")
         return _Doc(doc.id, coll, doc.source, doc.title, doc.media_type, doc.sha256, doc.path, doc.page_count,
                     [(int(a), int(b)) for a, b in spans] if isinstance(spans, list) else None,
+                    [(int(a), int(b), [str(h) for h in hs]) for a, b, hs in sections]
+                    if isinstance(sections, list) else None,
                     meta.get("extractor"), doc.ingested_at.isoformat() if doc.ingested_at else "")
 
 
@@ -259,7 +263,9 @@ def span_text(request: Request, state: StateDep, principal: PrincipalDep,
             return min(c.char_end, end) - max(c.char_start, start)
 
         best = max(chunks, key=overlap)
-        chunk_id, heading = best.id, list(best.heading_path or [])
+        # The headings above the span itself (a chunk's are those at its start, maybe an earlier section's).
+        chunk_id = best.id
+        heading = heading_path_at(d.sections, start) if d.sections is not None else list(best.heading_path or [])
     pages = pages_of(d.page_spans, start, end) if d.page_spans else []
     out = SpanTextOut(document_id=d.id, source=d.source, title=d.title, media_type=d.media_type, start=start,
                       end=end, text=stitch(pieces, start, end), before=stitch(pieces, lo, start),

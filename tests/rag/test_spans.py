@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ctxqa.ingest.loaders.pdf import assemble
-from ctxqa.rag.spans import clip_to_page, pages_of, stitch
+from ctxqa.rag.spans import clip_to_page, heading_path_at, pages_of, stitch
 
 TEXT = "The blue widget costs 42 euros.\n\nIt ships from Lyon within two days."
 
@@ -54,3 +54,20 @@ def test_pages_of_and_clip_to_page_on_assembled_pages() -> None:
     assert clip_to_page(ps, 4, 0, len(text)) == (0, 7)
     assert clip_to_page(ps, 2, 0, 5) == (0, 0)  # elsewhere
     assert clip_to_page(ps, 3, 0, len(text)) == (0, 0)  # an empty page
+
+
+def test_heading_path_at_is_the_innermost_section_holding_the_position() -> None:
+    # As the Markdown loader finds them: the title's section is only its own line; nested sections cover their
+    # subsections; a section with no heading below the title ends where the next one starts.
+    sections = [(152, 222, ("Widget catalogue", "Returns")), (0, 20, ("Widget catalogue",)),
+                (20, 152, ("Widget catalogue", "Prices")), (60, 100, ("Widget catalogue", "Prices", "Blue"))]
+    assert heading_path_at(sections, 0) == ["Widget catalogue"]
+    assert heading_path_at(sections, 19) == ["Widget catalogue"]
+    assert heading_path_at(sections, 20) == ["Widget catalogue", "Prices"]
+    assert heading_path_at(sections, 70) == ["Widget catalogue", "Prices", "Blue"]
+    assert heading_path_at(sections, 100) == ["Widget catalogue", "Prices"]  # after the subsection
+    assert heading_path_at(sections, 200) == ["Widget catalogue", "Returns"]
+    assert heading_path_at(sections, 222) == []  # past the end
+    assert heading_path_at([], 5) == []
+    outer = [(0, 500, ("Guide",)), (100, 200, ("Guide", "Install"))]
+    assert heading_path_at(outer, 300) == ["Guide"]  # an outer section resumes after an inner one
