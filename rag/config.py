@@ -178,6 +178,9 @@ class Settings(BaseSettings):
     # --- evidence viewer (the web page's page images) ---------------------------------------------------------
     page_scale: float = Field(1.5, ge=0.25, le=4.0, description=(
         "Pixels per PDF point of a rendered page image (1.5 = 108 dpi; ?scale= may ask for 0.25..4)."))
+    pdf_store_dir: Path | None = Field(None, description=(
+        "Where copies of ingested PDFs are kept for page images (default: data_dir/originals). Replicas with their "
+        "own data_dir point this at one shared folder, so every replica can show every document's pages."))
     page_cache_mb: int = Field(64, ge=0, description="Memory for rendered page images kept for reuse (0: none).")
 
     @classmethod
@@ -225,7 +228,7 @@ class Settings(BaseSettings):
     @property
     def originals_dir(self) -> Path:
         """Copies of ingested PDFs, by content (the evidence viewer renders their pages)."""
-        return self.data_dir / "originals"
+        return self.pdf_store_dir if self.pdf_store_dir is not None else self.data_dir / "originals"
 
     def effective(self) -> dict[str, Any]:
         """Settings as printed by `ctxqa config` (the resolved database URL included, its password masked; the
