@@ -27,6 +27,7 @@ from tests.conftest import skip_or_fail
 CHROMIUM = os.environ.get("CTXQA_CHROMIUM", "/usr/bin/chromium")
 FILING = "2023 Q1 INTC.pdf"
 QUESTION = "What was Intel's net revenue in the first quarter of 2023?"
+UNRELATED = "Who won the 1998 FIFA World Cup final, and what was the score?"
 LONG = 300_000  # ms: the embedded model on 2 loaded cores
 
 
@@ -206,6 +207,12 @@ def test_web_page_end_to_end(web_server: Server, browser: Browser, shared_data: 
     check_evidence(page, page.locator("#answer button.cite").first, pdf)  # quote mode always cites
     page.keyboard.press("Escape")
 
+    # Nothing relevant: the not-found answer, shown as such.
+    ask(page, UNRELATED, quote=True)
+    assert page.get_attribute("#answer", "data-grounding") == "abstained"
+    assert "Not found" in page.inner_text("#verdict")
+    assert "abstained" in (page.get_attribute("#answer", "class") or "")
+
     # An input error shows the API's message and names the field.
     page.fill("#question", "x" * 600)
     page.press("#question", "Enter")
@@ -234,7 +241,7 @@ def test_web_page_end_to_end(web_server: Server, browser: Browser, shared_data: 
     figures = {"ask": timings, "quote": quoted, "requests": len(requests)}
     (tmp_path / "figures.json").write_text(json.dumps(figures, indent=2))
     print("\nweb page figures:", json.dumps(figures))
-    if os.environ.get("CTXQA_WRITE_SCREENSHOTS"):  # refresh docs/ (bench/web_page.py --screenshots sets it)
+    if os.environ.get("CTXQA_WRITE_SCREENSHOTS"):  # CTXQA_WRITE_SCREENSHOTS=docs refreshes the README images
         for name in ("web-ask.png", "web-evidence.png"):
             small_png(tmp_path / name, Path(os.environ["CTXQA_WRITE_SCREENSHOTS"]) / name)
     ctx.close()
