@@ -135,16 +135,24 @@ function sentenceEl(s, n) {
   if (n !== null && s.evidence) {
     const sup = citeButton(n, s.label);
     const btn = sup.firstChild;
-    btn.addEventListener("click", () => openEvidence(evidenceRef(s.evidence, `the passage for “${s.text.slice(0, 60)}”`), btn));
+    btn.addEventListener("click", () => {
+      markSource(n);
+      openEvidence(evidenceRef(s.evidence, `the passage for “${s.text.slice(0, 60)}”`), btn);
+    });
     el.append(sup);
   }
   return el;
 }
 
+// The marker's source in the list below the answer is highlighted while its passage is open.
+function markSource(n) {
+  for (const li of $("#source-list").children) li.classList.toggle("active", li.id === `source-${n}`);
+}
+
 function citeButton(n, label) {
   return h("sup", {}, h("button", {
     type: "button", class: "cite", dataset: { n, label: label || "" },
-    "aria-label": `Source ${n}: open the passage`,
+    "aria-label": `Source ${n}: open the passage`, "aria-controls": "evidence", "aria-describedby": `source-${n}`,
   }, `[${n}]`));
 }
 

@@ -26,6 +26,7 @@ from tests.conftest import skip_or_fail
 
 CHROMIUM = os.environ.get("CTXQA_CHROMIUM", "/usr/bin/chromium")
 FILING = "2023 Q1 INTC.pdf"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "docs"
 QUESTION = "What was Intel's net revenue in the first quarter of 2023?"
 UNRELATED = "Who won the 1998 FIFA World Cup final, and what was the score?"
 LONG = 300_000  # ms: the embedded model on 2 loaded cores
@@ -107,6 +108,18 @@ def pdf_char_boxes(pdf: Path, page_no: int, text: str) -> list[tuple[float, floa
         return out
     finally:
         doc.close()
+
+
+def drop_file(page: Page, selector: str, path: Path, mime: str) -> None:
+    """Drop a file on an element as a person dragging it from their desktop would (a DataTransfer with a File)."""
+    data = list(path.read_bytes())
+    handle = page.evaluate_handle("""([data, name, mime]) => {
+        const dt = new DataTransfer();
+        dt.items.add(new File([new Uint8Array(data)], name, {type: mime}));
+        return dt;
+    }""", [data, path.name, mime])
+    for event in ("dragenter", "dragover", "drop"):
+        page.dispatch_event(selector, event, {"dataTransfer": handle})
 
 
 def small_png(src: Path, dst: Path, width: int = 960) -> None:
@@ -220,6 +233,21 @@ def test_web_page_end_to_end(web_server: Server, browser: Browser, shared_data: 
     assert "question" in page.inner_text("#error")
     assert page.get_attribute("#question", "aria-invalid") == "true"
     page.click("#error-close")
+
+    # Drag and drop a Markdown file into another collection; its evidence is the passage with its heading path.
+    page.click("nav button[data-view=documents]")
+    page.fill("#new-collection-name", "handbook")
+    page.click("#new-collection button[type=submit]")
+    page.wait_for_selector("#collection-list li.current[data-name='handbook']")
+    drop_file(page, "#dropzone", EXAMPLES / "backups.md", "text/markdown")
+    page.wait_for_selector("#upload-results tbody tr[data-status=added]", timeout=LONG)
+    ask(page, "How long are daily snapshots kept?", quote=True)
+    page.locator("#answer button.cite").first.click()
+    page.wait_for_selector("#evidence .passage mark.hl-text")
+    assert "35 days" in page.inner_text("#evidence .passage mark.hl-text")
+    assert "Retention" in page.inner_text("#evidence .crumbs")
+    page.keyboard.press("Escape")
+    page.select_option("#collection", "filings")
 
     # Phone width: nothing wider than the screen.
     page.set_viewport_size({"width": 390, "height": 844})
