@@ -228,7 +228,7 @@ def page_boxes(request: Request, state: StateDep, principal: PrincipalDep,
     pb = _boxes(state, d, pdf, spans, page, start, end)
     out = PageBoxesOut(document_id=d.id, page=page, page_count=len(spans), width=pb.width, height=pb.height,
                        start=start, end=end, span_pages=pages_of(spans, start, end),
-                       boxes=[BoxOut(**b.as_dict()) for b in pb.boxes], method=pb.method,  # type: ignore[arg-type]
+                       boxes=[BoxOut(**b.as_dict()) for b in pb.boxes], method=pb.method,
                        text=pb.text, image=f"/v1/documents/{d.id}/pages/{page}.png")
     return Response(out.model_dump_json(), media_type="application/json",
                     headers={"ETag": etag, "Cache-Control": CACHE_CONTROL})

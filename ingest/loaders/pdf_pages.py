@@ -19,7 +19,7 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ctxqa.ingest.loaders.base import _CONTROL_RE, LoadError
 from ctxqa.ingest.loaders.pdf import PDFIUM_LOCK, assemble, normalize_page
@@ -33,6 +33,8 @@ _PAD = 0.04
 # its glyph's own tight box is used instead.
 _LOOSE_MAX = 3.0
 HIGHLIGHT_RGBA = (255, 213, 0, 96)  # translucent yellow: the text under it stays readable
+# How a span was found on its page: aligned with the ingested text, found by its characters, or not at all.
+Method = Literal["offsets", "search", "none"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class PageBoxes:
     width: float  # the page's size in PDF points, as displayed (rotation applied)
     height: float
     boxes: list[Box] = field(default_factory=list)
-    method: str = "none"  # offsets: aligned with the ingested text; search: found by its characters; none
+    method: Method = "none"  # offsets: aligned with the ingested text; search: found by its characters; none
     text: str = ""  # the page text the boxes cover (normalised)
 
 
@@ -129,7 +131,7 @@ def _ordinal(text: str, pos: int) -> int:
     return sum(1 for c in text[:pos] if _visible(c))
 
 
-def locate(page_text: str, raw: str, start: int, end: int) -> tuple[list[int], str]:
+def locate(page_text: str, raw: str, start: int, end: int) -> tuple[list[int], Method]:
     """PDFium character indices of page_text[start:end] in the page's raw text, and how they were found.
 
     Pure: `page_text` is the page's normalised text as ingested, `raw` what PDFium reports for the page now."""
@@ -160,17 +162,17 @@ def merge_boxes(chars: Sequence[tuple[float, float, float, float]]) -> list[tupl
     Pure. A character joins the current box when it overlaps it vertically by half of the smaller height and
     starts no further than _GAP_FACTOR line heights to its right."""
     out: list[list[float]] = []
-    for l, b, r, t in chars:
-        if r <= l or t <= b:
+    for x0, y0, x1, y1 in chars:
+        if x1 <= x0 or y1 <= y0:
             continue  # zero-size boxes (generated spaces)
         if out:
             cur = out[-1]
-            h = min(cur[3] - cur[1], t - b)
-            overlap = min(cur[3], t) - max(cur[1], b)
-            if overlap >= 0.5 * h and l - cur[2] <= _GAP_FACTOR * h and l >= cur[0] - h:
-                cur[0], cur[1], cur[2], cur[3] = min(cur[0], l), min(cur[1], b), max(cur[2], r), max(cur[3], t)
+            h = min(cur[3] - cur[1], y1 - y0)
+            overlap = min(cur[3], y1) - max(cur[1], y0)
+            if overlap >= 0.5 * h and x0 - cur[2] <= _GAP_FACTOR * h and x0 >= cur[0] - h:
+                cur[0], cur[1], cur[2], cur[3] = min(cur[0], x0), min(cur[1], y0), max(cur[2], x1), max(cur[3], y1)
                 continue
-        out.append([l, b, r, t])
+        out.append([x0, y0, x1, y1])
     return [(a, b, c, d) for a, b, c, d in out]
 
 
@@ -196,17 +198,17 @@ def _char_box(tp: Any, i: int) -> tuple[float, float, float, float]:
     import pypdfium2 as pdfium
     import pypdfium2.raw as pdfium_c
 
-    l, b, r, t = tp.get_charbox(i)
-    if r <= l or t <= b:
-        return l, b, r, t  # a generated character (no glyph): merge_boxes skips it
+    x0, y0, x1, y1 = tp.get_charbox(i)
+    if x1 <= x0 or y1 <= y0:
+        return x0, y0, x1, y1  # a generated character (no glyph): merge_boxes skips it
     try:
-        ll, lb, lr, lt = tp.get_charbox(i, loose=True)
+        lx0, ly0, lx1, ly1 = tp.get_charbox(i, loose=True)
     except pdfium.PdfiumError:
-        return l, b, r, t
+        return x0, y0, x1, y1
     size = pdfium_c.FPDFText_GetFontSize(tp, i)
-    if lt <= lb or (size > 0 and lt - lb > _LOOSE_MAX * size):
-        return l, b, r, t
-    return min(l, ll), min(b, lb), max(r, lr), max(t, lt)
+    if ly1 <= ly0 or (size > 0 and ly1 - ly0 > _LOOSE_MAX * size):
+        return x0, y0, x1, y1
+    return min(x0, lx0), min(y0, ly0), max(x1, lx1), max(y1, ly1)
 
 
 def _to_view(box: tuple[float, float, float, float], page: Any) -> Box:

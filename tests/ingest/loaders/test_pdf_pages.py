@@ -53,9 +53,9 @@ def _occurrences(path: Path, page_no: int, words: str) -> list[list[tuple[float,
             index, count = hit
             boxes = []
             for i in range(index, index + count):
-                l, b, r, t = tp.get_charbox(i)
-                if r > l and t > b and not tp.get_text_range(i, 1).isspace():  # a space glyph is not highlighted
-                    boxes.append(((l - left) / w, (top - t) / h, (r - left) / w, (top - b) / h))
+                x0, y0, x1, y1 = tp.get_charbox(i)
+                if x1 > x0 and y1 > y0 and not tp.get_text_range(i, 1).isspace():  # a space glyph: not painted
+                    boxes.append(((x0 - left) / w, (top - y1) / h, (x1 - left) / w, (top - y0) / h))
             found.append(boxes)
         return found
     finally:
@@ -286,7 +286,7 @@ def test_highlight_changes_pixels_only_inside_the_boxes(filings: list[tuple[Path
 def make_pdf(lines: list[str], *, rotate: int = 0, crop: tuple[int, int, int, int] | None = None) -> bytes:
     """A one-page PDF (Helvetica 12pt, 612x792 points) with the given lines, optionally /Rotate'd and cropped."""
     text = "BT /F1 12 Tf 100 700 Td 16 TL " + " ".join(f"({ln}) '" for ln in lines) + " ET"
-    extra = (f" /Rotate {rotate}" if rotate else "") + (" /CropBox [%d %d %d %d]" % crop if crop else "")
+    extra = (f" /Rotate {rotate}" if rotate else "") + (" /CropBox [{} {} {} {}]".format(*crop) if crop else "")
     objs = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
