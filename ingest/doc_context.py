@@ -13,8 +13,9 @@ CORPORATION") or in the file name ("2023 Q2 NVDA.pdf"), while the PDF's Title fi
   first page ("for the quarterly period ended ...", "published ..."), the file name, else the file's own date.
 - Period: the calendar quarter a quarterly report covers (rag/periods.py), from the same places.
 
-`CONTEXT_VERSION` changes when these rules do: documents are then read again on the next ingest, and only
-chunks whose embedded text changed are embedded again.
+`CONTEXT_VERSION` changes when these rules, or what a loader reads from a file, do: documents are then read again
+on the next ingest, and only chunks whose embedded text changed are embedded again. (2: PDF hyphens that PDFium
+reports as U+FFFE are kept as "-", no longer dropped.)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any, Literal
 from ctxqa.rag.periods import dates_in, period_ended, quarter_label, quarter_of_period, quarters_in
 from ctxqa.rag.types import LoadedDocument
 
-CONTEXT_VERSION = 1
+CONTEXT_VERSION = 2
 Provenance = Literal["metadata", "first page", "file name", "file date"]
 
 _TOOL_TITLE_RE = re.compile(

@@ -122,7 +122,9 @@ EXTRACTORS = {"pdfium": extract_pdfium, "pypdf": extract_pypdf}
 
 def normalize_page(text: str) -> str:
     """One page's text: LF newlines, no control characters, runs of spaces collapsed, outer whitespace stripped."""
-    text = text.replace("\x02", "-")  # PDFium marks end-of-line hyphens with STX
+    # PDFium reports some hyphens as STX (older builds: end-of-line hyphens) or as U+FFFE (pypdfium2 5: hyphens
+    # of fonts without a Unicode map, e.g. "forward-looking" in 10-Q filings): both are hyphens in the text.
+    text = text.replace("\x02", "-").replace("\ufffe", "-")
     return normalize_text(text, collapse_spaces=True).strip()
 
 

@@ -119,8 +119,8 @@ def _raw_visible(raw: str) -> list[tuple[int, str]]:
     """(PDFium character index, character) of every visible character of a page, as the loader keeps them."""
     out = []
     for i, c in enumerate(raw):
-        if c == "\x02":
-            c = "-"  # PDFium's end-of-line hyphen (normalize_page does the same)
+        if c in ("\x02", "\ufffe"):
+            c = "-"  # PDFium's hyphens (normalize_page does the same)
         if _visible(c):
             out.append((i, c))
     return out

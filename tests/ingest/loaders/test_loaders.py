@@ -206,6 +206,16 @@ def test_pdf_10q_pages(name: str) -> None:
     assert "10-Q" in doc.text
 
 
+def test_pdf_hyphens_are_kept() -> None:
+    """PDFium reports some hyphens as U+FFFE (and older builds end-of-line ones as STX): the text keeps them as
+    "-" ("forward-looking"), never drops them ("forwardlooking") or leaves the marker in."""
+    assert pdf_loader.normalize_page("forward\ufffelooking and non\x02\r\ncontrolling") == \
+        "forward-looking and non-\ncontrolling"
+    text = load(CORPORA / "sec-10q" / "2023 Q1 INTC.pdf").text
+    assert "forward-looking" in text and "forwardlooking" not in text
+    assert "\ufffe" not in text and "\x02" not in text
+
+
 def test_pdf_metadata_amzn() -> None:
     doc = load(CORPORA / "sec-10q" / "2022 Q3 AMZN.pdf")
     assert doc.metadata["date"] == "2022-10-28"
