@@ -16,7 +16,8 @@ an image of any size.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -234,10 +235,9 @@ def _to_view(box: tuple[float, float, float, float], page: Any) -> Box:
     return Box(clamp(fx0), clamp(fy0), clamp(fx1), clamp(fy1))
 
 
-def span_boxes(path: Path, page_no: int, start: int, end: int, *, page_text: str | None = None,
-               password: str | None = None) -> PageBoxes:
-    """Boxes over page_text[start:end] on page `page_no` (1-based). `page_text` is the page's text as ingested
-    (None: read it again now, which is the same text for a document the default PDFium loader read)."""
+@contextmanager
+def _open_page(path: Path, page_no: int, password: str | None) -> Iterator[Any]:
+    """Page `page_no` (1-based) of the PDF, opened and closed under the PDFium lock."""
     with PDFIUM_LOCK:
         pdf = _open(path, password)
         try:
@@ -245,22 +245,30 @@ def span_boxes(path: Path, page_no: int, start: int, end: int, *, page_text: str
                 raise PageOutOfRange(f"page {page_no} does not exist: the PDF has {len(pdf)} page(s)")
             page = pdf[page_no - 1]
             try:
-                w, h = page.get_size()
-                tp = page.get_textpage()
-                try:
-                    raw = tp.get_text_range()
-                    text = page_text if page_text is not None else normalize_page(raw)
-                    start, end = max(0, start), min(len(text), end)
-                    idx, method = locate(text, raw, start, end) if end > start else ([], "none")
-                    chars = [_char_box(tp, ci) for ci in _char_indices(tp, idx, len(raw))]
-                finally:
-                    tp.close()
-                boxes = [_to_view(b, page) for b in merge_boxes(chars)]
-                return PageBoxes(page_no, float(w), float(h), boxes, method, text[start:end] if end > start else "")
+                yield page
             finally:
                 page.close()
         finally:
             pdf.close()
+
+
+def span_boxes(path: Path, page_no: int, start: int, end: int, *, page_text: str | None = None,
+               password: str | None = None) -> PageBoxes:
+    """Boxes over page_text[start:end] on page `page_no` (1-based). `page_text` is the page's text as ingested
+    (None: read it again now, which is the same text for a document the default PDFium loader read)."""
+    with _open_page(path, page_no, password) as page:
+        w, h = page.get_size()
+        tp = page.get_textpage()
+        try:
+            raw = tp.get_text_range()
+            text = page_text if page_text is not None else normalize_page(raw)
+            start, end = max(0, start), min(len(text), end)
+            idx, method = locate(text, raw, start, end) if end > start else ([], "none")
+            chars = [_char_box(tp, ci) for ci in _char_indices(tp, idx, len(raw))]
+        finally:
+            tp.close()
+        boxes = [_to_view(b, page) for b in merge_boxes(chars)]
+        return PageBoxes(page_no, float(w), float(h), boxes, method, text[start:end] if end > start else "")
 
 
 def render_page(path: Path, page_no: int, *, scale: float = 1.5, highlight: Sequence[Box] = (),
@@ -269,22 +277,12 @@ def render_page(path: Path, page_no: int, *, scale: float = 1.5, highlight: Sequ
     Returns (png bytes, width px, height px)."""
     from PIL import Image, ImageDraw
 
-    with PDFIUM_LOCK:
-        pdf = _open(path, password)
+    with _open_page(path, page_no, password) as page:
+        bitmap = page.render(scale=scale)
         try:
-            if not 1 <= page_no <= len(pdf):
-                raise PageOutOfRange(f"page {page_no} does not exist: the PDF has {len(pdf)} page(s)")
-            page = pdf[page_no - 1]
-            try:
-                bitmap = page.render(scale=scale)
-                try:
-                    img = bitmap.to_pil().convert("RGB")
-                finally:
-                    bitmap.close()
-            finally:
-                page.close()
+            img = bitmap.to_pil().convert("RGB")
         finally:
-            pdf.close()
+            bitmap.close()
     if highlight:
         overlay = Image.new("RGBA", img.size, (0, 0, 0, 0))
         draw = ImageDraw.Draw(overlay)

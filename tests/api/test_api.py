@@ -27,6 +27,7 @@ import httpx
 import pytest
 
 from tests.conftest import new_pg_database
+from tests.pdfs import make_pdf
 
 REPO = Path(__file__).resolve().parents[2]
 FASTAPI_DOCS = Path(os.environ.get("CTXQA_SHARED", REPO.parent / "shared")) / "data/corpora/fastapi-docs"
@@ -150,31 +151,6 @@ SECRET_MD = """# Zebra protocol
 
 The zebra protocol handshake uses port 7788 and a rotating quartz token.
 """
-
-
-def make_pdf(lines: list[str]) -> bytes:
-    """A minimal valid one-page PDF with the given text lines (Helvetica), built by hand."""
-    text = "BT /F1 12 Tf 72 720 Td 14 TL " + " ".join(
-        "(" + ln.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") + ") '" for ln in lines) + " ET"
-    objs = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-        b"/Resources << /Font << /F1 5 0 R >> >> >>",
-        b"<< /Length %d >>\nstream\n" % len(text) + text.encode("latin-1") + b"\nendstream",
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for i, body in enumerate(objs, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % i + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
-    for off in offsets:
-        out += b"%010d 00000 n \n" % off
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
-    return bytes(out)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from ctxqa.rag import originals
 from ctxqa.rag.db import repo
 from ctxqa.rag.db.models import Document
 from ctxqa.rag.originals import OriginalStore, file_sha256, prune_unreferenced
-from tests.api.test_api import make_pdf
+from tests.pdfs import make_pdf
 
 DATABASES = ("sqlite", "postgres")
 

@@ -20,6 +20,7 @@ from ctxqa.ingest.loaders import pdf_pages
 from ctxqa.ingest.loaders.pdf import load, normalize_page
 from ctxqa.ingest.loaders.pdf_pages import Box, PageOutOfRange, locate, merge_boxes, render_page, span_boxes
 from ctxqa.rag.types import LoadedDocument
+from tests.pdfs import make_pdf
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TOL = 1e-3  # fractions of the page: rounding of the char boxes
@@ -281,31 +282,6 @@ def test_highlight_changes_pixels_only_inside_the_boxes(filings: list[tuple[Path
 # ---------------------------------------------------------------------------------------------------------------
 # Rotated and cropped pages (hand-built): the boxes of the whole text cover the ink PDFium renders
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def make_pdf(lines: list[str], *, rotate: int = 0, crop: tuple[int, int, int, int] | None = None) -> bytes:
-    """A one-page PDF (Helvetica 12pt, 612x792 points) with the given lines, optionally /Rotate'd and cropped."""
-    text = "BT /F1 12 Tf 100 700 Td 16 TL " + " ".join(f"({ln}) '" for ln in lines) + " ET"
-    extra = (f" /Rotate {rotate}" if rotate else "") + (" /CropBox [{} {} {} {}]".format(*crop) if crop else "")
-    objs = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        (f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792]{extra} /Contents 4 0 R "
-         f"/Resources << /Font << /F1 5 0 R >> >> >>").encode(),
-        b"<< /Length %d >>\nstream\n" % len(text) + text.encode("latin-1") + b"\nendstream",
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for i, body in enumerate(objs, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % i + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
-    for off in offsets:
-        out += b"%010d 00000 n \n" % off
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
-    return bytes(out)
 
 
 @pytest.mark.parametrize("rotate,crop", [(0, None), (90, None), (180, None), (270, None), (0, (50, 400, 562, 742)),
