@@ -1,6 +1,6 @@
-"""The web page's assets as shipped: everything they reference is served by ctxqa itself, every module they import
-exists (tests/test_packaging.py checks that the wheel carries them). The browser test (test_web_page.py) checks the same at run time by
-watching every request the page makes."""
+"""The web page's assets as shipped: everything they reference is served by ctxqa itself and every module they
+import exists (tests/test_packaging.py checks that the wheel carries them). The browser test (test_web_page.py)
+checks the same at run time by watching every request the page makes."""
 
 from __future__ import annotations
 
