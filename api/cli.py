@@ -57,7 +57,7 @@ def _serve(app_factory: str, host: str | None, port: int | None, workers: int, l
         if not active:
             err.print("[yellow]no API keys yet: every request will get 401. Create one with "
                       "`ctxqa keys create --name admin --admin`[/]")
-    err.print(f"ctxqa API on http://{host}:{port}  (docs: http://{host}:{port}/docs, {workers} worker(s))")
+    err.print(f"ctxqa on http://{host}:{port}  (web page: /, API docs: /docs, {workers} worker(s))")
     uvicorn.run(app_factory, factory=True, host=host, port=port, workers=workers, log_level=log_level,
                 timeout_graceful_shutdown=10)
 
