@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pypdfium2 as pdfium
+
 
 def make_pdf(lines: list[str], *, rotate: int = 0, crop: tuple[int, int, int, int] | None = None) -> bytes:
     """A minimal valid one-page PDF (612x792 points) with the given text lines (Helvetica 12pt), built by hand;
@@ -28,3 +32,28 @@ def make_pdf(lines: list[str], *, rotate: int = 0, crop: tuple[int, int, int, in
         out += b"%010d 00000 n \n" % off
     out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
     return bytes(out)
+
+
+def search_char_boxes(path: Path, page_no: int, words: str) -> list[list[tuple[float, float, float, float]]]:
+    """Every place PDFium's own search finds `words` on the page: the fraction boxes (x0, y0, x1, y1, top-left
+    origin) of its visible characters. Only for unrotated pages (the filings' pages are)."""
+    pdf = pdfium.PdfDocument(str(path))
+    try:
+        page = pdf[page_no - 1]
+        assert page.get_rotation() == 0
+        left, bottom, right, top = page.get_bbox()
+        w, h = right - left, top - bottom
+        tp = page.get_textpage()
+        searcher = tp.search(words, match_case=True)
+        found = []
+        while (hit := searcher.get_next()) is not None:
+            index, count = hit
+            boxes = []
+            for i in range(index, index + count):
+                x0, y0, x1, y1 = tp.get_charbox(i)
+                if x1 > x0 and y1 > y0 and not tp.get_text_range(i, 1).isspace():  # a space glyph: not painted
+                    boxes.append(((x0 - left) / w, (top - y1) / h, (x1 - left) / w, (top - y0) / h))
+            found.append(boxes)
+        return found
+    finally:
+        pdf.close()

@@ -17,12 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pypdfium2 as pdfium
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.api.test_api import Server, create_key, start_server, stop_server
 from tests.conftest import skip_or_fail
+from tests.pdfs import search_char_boxes
 
 CHROMIUM = os.environ.get("CTXQA_CHROMIUM", "/usr/bin/chromium")
 FILING = "2023 Q1 INTC.pdf"
@@ -84,33 +84,6 @@ def ask(page: Page, question: str, *, quote: bool = False) -> dict[str, Any]:
             "grounding": page.get_attribute("#answer", "data-grounding")}
 
 
-def pdf_char_boxes(pdf: Path, page_no: int, text: str) -> list[list[tuple[float, float, float, float]]]:
-    """For each occurrence of `text` on the page, the boxes (fractions of the page, origin top left) of its
-    characters, found with PDFium's own search (independent of ctxqa's offset mapping)."""
-    doc = pdfium.PdfDocument(str(pdf))
-    try:
-        page = doc[page_no - 1]
-        tp = page.get_textpage()
-        _, _, _, top = page.get_bbox()
-        w, h = page.get_size()
-        searcher = tp.search(text, match_case=True)
-        out = []
-        while (found := searcher.get_next()) is not None:
-            start, count = found
-            chars = []
-            for i in range(start, start + count):
-                left, bottom, r, t = tp.get_charbox(i)
-                if r > left:
-                    chars.append((left / w, (top - t) / h, r / w, (top - bottom) / h))
-            out.append(chars)
-        searcher.close()
-        tp.close()
-        page.close()
-        return out
-    finally:
-        doc.close()
-
-
 def drop_file(page: Page, selector: str, path: Path, mime: str) -> None:
     """Drop a file on an element as a person dragging it from their desktop would (a DataTransfer with a File)."""
     data = list(path.read_bytes())
@@ -164,7 +137,7 @@ def check_evidence(page: Page, target: Any, pdf: Path) -> dict[str, Any]:
         });
     }""")
     assert len(shown) == len(boxes["boxes"])
-    occurrences = pdf_char_boxes(pdf, boxes["page"], probe(boxes["text"]))
+    occurrences = search_char_boxes(pdf, boxes["page"], probe(boxes["text"]))
     assert occurrences, f"{probe(boxes['text'])!r} not found on page {boxes['page']} by PDFium's search"
 
     def covered(chars: list[tuple[float, float, float, float]]) -> bool:

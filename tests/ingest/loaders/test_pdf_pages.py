@@ -12,7 +12,6 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import pypdfium2 as pdfium
 import pytest
 from PIL import Image, ImageChops
 
@@ -20,7 +19,7 @@ from ctxqa.ingest.loaders import pdf_pages
 from ctxqa.ingest.loaders.pdf import load, normalize_page
 from ctxqa.ingest.loaders.pdf_pages import Box, PageOutOfRange, locate, merge_boxes, render_page, span_boxes
 from ctxqa.rag.types import LoadedDocument
-from tests.pdfs import make_pdf
+from tests.pdfs import make_pdf, search_char_boxes
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TOL = 1e-3  # fractions of the page: rounding of the char boxes
@@ -38,31 +37,6 @@ def filings(shared_data: Path) -> list[tuple[Path, LoadedDocument]]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _occurrences(path: Path, page_no: int, words: str) -> list[list[tuple[float, float, float, float]]]:
-    """Every place PDFium's own search finds `words` on the page: the fraction boxes (x0, y0, x1, y1, top-left
-    origin) of its visible characters. Only for unrotated pages (the filings' pages are)."""
-    pdf = pdfium.PdfDocument(str(path))
-    try:
-        page = pdf[page_no - 1]
-        assert page.get_rotation() == 0
-        left, bottom, right, top = page.get_bbox()
-        w, h = right - left, top - bottom
-        tp = page.get_textpage()
-        searcher = tp.search(words, match_case=True)
-        found = []
-        while (hit := searcher.get_next()) is not None:
-            index, count = hit
-            boxes = []
-            for i in range(index, index + count):
-                x0, y0, x1, y1 = tp.get_charbox(i)
-                if x1 > x0 and y1 > y0 and not tp.get_text_range(i, 1).isspace():  # a space glyph: not painted
-                    boxes.append(((x0 - left) / w, (top - y1) / h, (x1 - left) / w, (top - y0) / h))
-            found.append(boxes)
-        return found
-    finally:
-        pdf.close()
-
-
 def _inside(char: tuple[float, float, float, float], boxes: list[Box]) -> bool:
     x0, y0, x1, y1 = char
     return any(b.x0 - TOL <= x0 and x1 <= b.x1 + TOL and b.y0 - TOL <= y0 and y1 <= b.y1 + TOL for b in boxes)
@@ -74,7 +48,7 @@ def _unique_words(path: Path, page_no: int, line: str, *, last: bool) -> str | N
     if len(words) < 3:
         return None
     phrase = " ".join(words[-3:] if last else words[:3])
-    return phrase if len(_occurrences(path, page_no, phrase)) == 1 else None
+    return phrase if len(search_char_boxes(path, page_no, phrase)) == 1 else None
 
 
 def _spans(doc: LoadedDocument, page_no: int) -> Iterator[tuple[int, int]]:
@@ -119,7 +93,7 @@ def test_span_boxes_cover_the_characters_pdfium_finds(filings: list[tuple[Path, 
                     words = _unique_words(path, page_no, line, last=last)
                     if words is None:
                         continue
-                    (chars,) = _occurrences(path, page_no, words)
+                    (chars,) = search_char_boxes(path, page_no, words)
                     assert chars and all(_inside(c, pb.boxes) for c in chars), (path.name, page_no, words, pb)
                     checked += 1
     assert checked >= 12, checked  # enough spans had words PDFium finds exactly once
