@@ -12,6 +12,7 @@ document is re-ingested with other bytes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -100,12 +101,19 @@ def _pdf(state: AppState, d: _Doc) -> Path:
     if d.path:
         p = Path(d.path)
         try:
-            if p.is_file() and file_sha256(p) == d.sha256:
+            st = p.stat()
+            if p.is_file() and _digest(str(p), st.st_mtime_ns, st.st_size) == d.sha256:
                 return p
         except OSError:
             pass
     raise ApiError(404, "original_missing", f"the PDF of document {d.id} ({d.source}) is no longer available "
                                             f"to render: ingest the file again to view its pages")
+
+
+@functools.lru_cache(maxsize=256)
+def _digest(path: str, mtime_ns: int, size: int) -> str:
+    """A file's sha256, hashed once per version of the file (its mtime and size are part of the key)."""
+    return file_sha256(Path(path))
 
 
 def _spans(state: AppState, d: _Doc, pdf: Path) -> list[tuple[int, int]]:
