@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from _report import pct  # noqa: E402
+
 from ctxqa.context import Context  # noqa: E402
 from ctxqa.rag.answer import AskOptions  # noqa: E402
 from ctxqa.rag.config import Settings  # noqa: E402
@@ -46,11 +48,6 @@ QUESTIONS = [
     "How do I read headers from a request?",
     "How do I deploy with Docker?",
 ]
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
 def main() -> None:

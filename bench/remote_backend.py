@@ -33,6 +33,7 @@ HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE))
 
 import httpx  # noqa: E402
+from _report import cpu_model, pct  # noqa: E402
 
 from ctxqa.context import Context  # noqa: E402
 from ctxqa.rag.config import Settings  # noqa: E402
@@ -49,19 +50,6 @@ def _questions() -> list[str]:
 
 EXAMPLE_QUESTIONS = ["How long are daily snapshots kept?", "Who is on call at night?", "How do I claim expenses?",
                      "How often are databases snapshotted?", "How fast must pages be answered?"]
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return "unknown"
 
 
 def start_server(gguf: Path, port: int, log: Path) -> subprocess.Popen[bytes]:

@@ -18,16 +18,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 CLAPNQ = Path(os.environ.get("CTXQA_SHARED", ROOT.parent / "shared")) / "data" / "eval" / "clapnq"
 
+from _report import pct  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from ctxqa.api.app import create_app  # noqa: E402
 from ctxqa.context import Context  # noqa: E402
 from ctxqa.rag.config import Settings  # noqa: E402
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ import gzip
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("CTXQA_EMBEDDING_CACHE_DIR", str(Path(tempfile.gettempdir()) / "ctxqa-bench-cache"))
 
 import httpx  # noqa: E402
+from _report import cpu_model, pct  # noqa: E402
 
 from tests.api.test_api import create_key, start_server, stop_server  # noqa: E402
 
@@ -42,16 +42,6 @@ QUESTIONS = [
     "What was the effective tax rate?",
     "What were the research and development expenses?",
 ]
-
-
-def cpu_model() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "unknown")
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
 def assets() -> tuple[int, int, int]:
