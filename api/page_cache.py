@@ -17,17 +17,12 @@ class ByteLRU:
         self._items: OrderedDict[Any, bytes] = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: Any) -> bytes | None:
         with self._lock:
             value = self._items.get(key)
-            if value is None:
-                self.misses += 1
-                return None
-            self._items.move_to_end(key)
-            self.hits += 1
+            if value is not None:
+                self._items.move_to_end(key)
             return value
 
     def put(self, key: Any, value: bytes) -> None:
@@ -42,8 +37,3 @@ class ByteLRU:
             while self._size > self.max_bytes and self._items:
                 _, dropped = self._items.popitem(last=False)
                 self._size -= len(dropped)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self._size = 0

@@ -6,6 +6,7 @@ import contextlib
 import os
 import platform
 import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -27,6 +28,13 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # user's ~/.cache/ctxqa: tests and the servers and CLIs they start all read it through this variable.
 CACHE_DIR = Path(tempfile.mkdtemp(prefix="ctxqa-test-cache-"))
 os.environ["CTXQA_EMBEDDING_CACHE_DIR"] = str(CACHE_DIR)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for the servers the tests start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def skip_or_fail(reason: str) -> NoReturn:

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -26,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import new_pg_database
+from tests.conftest import free_port, new_pg_database
 from tests.pdfs import make_pdf
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,12 +46,6 @@ LIMITS = {
 # ---------------------------------------------------------------------------------------------------------------
 # A real server
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

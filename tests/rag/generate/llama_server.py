@@ -11,7 +11,6 @@ import http.server
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[3]
 LAUNCHER = REPO / "scripts" / "llama_server.py"
@@ -47,12 +48,6 @@ def gguf_path() -> Path:
     from ctxqa.rag.generate import resolve_model_path
 
     return resolve_model_path("bundled:smollm2")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
