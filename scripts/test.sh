@@ -8,6 +8,6 @@ CTXQA_EXTRAS=${CTXQA_EXTRAS:-gguf,postgres,dev} bash scripts/setup.sh
 # shellcheck disable=SC1091
 . "${CTXQA_VENV:-.venv}/bin/activate"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-bash scripts/browser.sh
+bash scripts/test_packages.sh
 bash scripts/lint.sh
 python -m pytest -q "$@"

@@ -17,9 +17,10 @@ reference's (mean overlap >= `MIN_RANK_AGREEMENT`; the passages come in topics o
 order among near neighbours). The fastest variant that passes is the choice (of passing variants within `NEAR`
 of the fastest, the one closest to fp32); the reference always passes, so there is one.
 
-The report is cached in `<cache>/embed-choice/<key>.json`; the key covers the CPU model, its flags, the cores
-this process may use, the thread setting, the oneDNN ISA cap, the model's files, the versions of the runtimes
-and of ctxqa's recipes, and the check set. Any change there gives another key, so the next start measures again.
+The report is cached in `<cache>/embed-choice/<key>.json`; the key covers the CPU model, its flags (from
+/proc/cpuinfo and from CPUID), whether its int8 kernels saturate, the cores this process may use, the thread
+setting, the oneDNN ISA cap, the model's files, the versions of the runtimes and of ctxqa's recipes, and the check
+set. Any change there gives another key, so the next start measures again.
 """
 
 from __future__ import annotations
@@ -123,11 +124,13 @@ def _version(dist: str) -> str:
 
 def key_parts(model_id: str, threads: int | None, batch_tokens: int | None) -> dict[str, str]:
     """Everything a measured choice depends on. Changing any of them means measuring again."""
+    from ctxqa.rag.embed.onnx_int8 import int8_kernels_saturate
     from ctxqa.rag.embed.onnx_runtime import EXPORT_REVISION
     from ctxqa.rag.embed.openvino_runtime import QUANT_REVISION
 
     info = cpu_info()
-    parts = {"cpu": info.model, "cpu_flags": info.flags_digest, "cores": str(info.cores),
+    parts = {"cpu": info.model, "cpu_flags": info.flags_digest, "cpu_isa": info.isa_digest,
+             "int8_saturates": str(int8_kernels_saturate()), "cores": str(info.cores),
              "threads": str(threads or "all"), "batch_tokens": str(batch_tokens or "default"),
              "onednn_max_isa": info.onednn_max_isa, "model": model_id,
              "recipes": f"chooser={CHOOSER_REVISION};export={EXPORT_REVISION};openvino_int8={QUANT_REVISION}",

@@ -29,10 +29,18 @@ class CpuInfo:
     flags: frozenset[str]
     cores: int  # logical CPUs this process may run on (affinity), what the runtimes' thread pools use
     onednn_max_isa: str  # ONEDNN_MAX_CPU_ISA, "" when unset
+    # The features CPUID reports to this process, as numpy detects them at run time (what the runtimes' kernel
+    # dispatch sees). Usually the same as `flags`; not under an emulator (qemu-x86_64 -cpu Haswell passes the
+    # host's /proc/cpuinfo through) or a hypervisor that masks one but not the other.
+    isa: frozenset[str] = frozenset()
 
     @property
     def flags_digest(self) -> str:
         return hashlib.sha256(" ".join(sorted(self.flags)).encode()).hexdigest()[:16]
+
+    @property
+    def isa_digest(self) -> str:
+        return hashlib.sha256(" ".join(sorted(self.isa)).encode()).hexdigest()[:16]
 
     @property
     def int8_dot_products(self) -> bool:
@@ -67,16 +75,28 @@ def _read_cpuinfo() -> tuple[str, frozenset[str]]:
     return model or "unknown", flags
 
 
+def _runtime_isa() -> frozenset[str]:
+    import importlib
+
+    for name in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):  # numpy 2, numpy 1
+        try:
+            features: dict[str, bool] = importlib.import_module(name).__cpu_features__
+        except (ImportError, AttributeError):
+            continue
+        return frozenset(k for k, v in features.items() if v)
+    return frozenset()
+
+
 @lru_cache(maxsize=1)
-def _static() -> tuple[str, frozenset[str]]:
-    return _read_cpuinfo()
+def _static() -> tuple[str, frozenset[str], frozenset[str]]:
+    return (*_read_cpuinfo(), _runtime_isa())
 
 
 def cpu_info() -> CpuInfo:
-    model, flags = _static()
+    model, flags, isa = _static()
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
     return CpuInfo(model=model, flags=flags, cores=cores,
-                   onednn_max_isa=os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip())
+                   onednn_max_isa=os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip(), isa=isa)

@@ -15,6 +15,10 @@ can saturate) and the first two FFN down-projections stay fp32: min 0.9925. Beca
 vectors are the same integers on every x86 CPU, so they were measured on the VNNI Xeon. The alternative, ONNX
 Runtime's u8 x u8 kernels (`session.x64quantprecision`), keeps 8-bit weights but runs slower by construction.
 
+Which CPUs saturate is measured, not read from flags (`int8_kernels_saturate`: one tiny u8 x s8 matmul at the
+top of both ranges). Checked on an emulated AVX2-only CPU (`qemu-x86_64 -cpu Haswell-v4`, bench/emulated_cpu.py):
+the probe saturates there, and the 7-bit recipe's vectors match this CPU's to rounding.
+
 The recipe is data-driven (calibrated on rag/data/embed_calibration.jsonl); `auto` still checks the result on each
 CPU against fp32 before choosing it (rag/embed/choose.py).
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +53,51 @@ class Int8Recipe:
         return "int8-rr" if self.reduce_range else "int8"
 
 
+def recipe_for(saturates: bool) -> Int8Recipe:
+    """The recipe for int8 kernels that do (or do not) saturate (see the module docstring)."""
+    if saturates:
+        return Int8Recipe(reduce_range=True, fp32_ffn_out_layers=2)
+    return Int8Recipe(reduce_range=False, fp32_ffn_out_layers=1)
+
+
 def recipe_for_this_cpu() -> Int8Recipe:
-    """ONNX Runtime picks its int8 kernels from the real CPU flags (ONEDNN_MAX_CPU_ISA does not apply to it)."""
-    if cpu_info().int8_dot_products:
-        return Int8Recipe(reduce_range=False, fp32_ffn_out_layers=1)
-    return Int8Recipe(reduce_range=True, fp32_ffn_out_layers=2)
+    return recipe_for(int8_kernels_saturate())
+
+
+# The probe: u8 x s8 products at the top of both ranges. A pair sums to 2 x 255 x 127 = 64770, twice what an int16
+# holds, so a saturating kernel returns 32767 per pair instead; an int32 one (VNNI, AMX) is exact.
+_PROBE_M, _PROBE_K, _PROBE_N = 16, 64, 16
+
+
+@lru_cache(maxsize=1)
+def int8_kernels_saturate() -> bool:
+    """Whether ONNX Runtime's u8 x s8 matmul kernels saturate on this CPU: measured, by running one.
+
+    Why measure instead of reading the VNNI flags: ONNX Runtime picks its kernels from CPUID, which /proc/cpuinfo
+    does not always reflect (an emulator such as `qemu-x86_64 -cpu Haswell` shows the host's flags there, a
+    hypervisor may mask one and not the other), and a new kernel or CPU class needs no table here. Without ONNX
+    Runtime the flags decide (no VNNI or AMX-INT8: saturating, the safe side). Costs ~10 ms, once a process."""
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        return not cpu_info().int8_dot_products
+    b = np.full((_PROBE_K, _PROBE_N), 127, np.int8)
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "int8-saturation-probe",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [_PROBE_M, _PROBE_K])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [_PROBE_M, _PROBE_N])],
+        [numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = min(model.ir_version, 8)  # any ONNX Runtime this project supports reads IR 8
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"a": np.full((_PROBE_M, _PROBE_K), 255, np.uint8)})[0]
+    saturates = bool((y != 255 * 127 * _PROBE_K).any())
+    log.debug("int8 saturation probe: %s (got %d, exact %d)", saturates, int(y.flat[0]), 255 * 127 * _PROBE_K)
+    return saturates
 
 
 def _is_weighted(node: Any, inits: set[str] | dict[str, Any]) -> bool:

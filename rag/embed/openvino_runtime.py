@@ -183,9 +183,11 @@ class OpenVinoEncoder:
         }
         if cache_dir is not None:
             # OpenVINO's own compiled-blob cache: later processes load the compiled model instead of compiling.
-            # Per ISA cap: a blob compiled for AMX kernels must not be loaded by a run emulating an AVX2 CPU.
-            isa = cpu_info().onednn_max_isa
-            core.set_property({"CACHE_DIR": str(Path(cache_dir) / ("openvino-blobs" + (f"-{isa}" if isa else "")))})
+            # Per ISA cap and per CPUID feature set: a blob compiled for AMX kernels must not be loaded by a run
+            # that emulates an AVX2 CPU (ONEDNN_MAX_CPU_ISA, or qemu-x86_64 -cpu Haswell, which shares the disk).
+            info = cpu_info()
+            cap = f"-{info.onednn_max_isa}" if info.onednn_max_isa else ""
+            core.set_property({"CACHE_DIR": str(Path(cache_dir) / f"openvino-blobs-{info.isa_digest[:8]}{cap}")})
         self.compiled = core.compile_model(str(self.path), "CPU", config)
         self.streams = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))) \
             if mode == "throughput" else 1

@@ -1,11 +1,11 @@
-"""The ONNX Runtime int8 recipe (rag/embed/onnx_int8.py): smoothing is exact in fp32, and the recipe for CPUs
-without VNNI cannot saturate and stays faithful. Those vectors are the same integers on every x86 CPU (nothing
-saturates), so a CPU with VNNI measures them for all; only the recipe's choice is told the CPU lacks VNNI."""
+"""The ONNX Runtime int8 recipe (rag/embed/onnx_int8.py): the saturation probe, smoothing is exact in fp32, and
+the recipe for CPUs whose int8 kernels saturate cannot saturate and stays faithful. Those vectors are the same
+integers on every x86 CPU (nothing saturates), so any CPU measures them for all; only the recipe's choice is told
+the kernels saturate. tests/rag/embed/test_emulated_cpu.py runs the probe and the recipe on an emulated AVX2 CPU."""
 
 from __future__ import annotations
 
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,23 +13,29 @@ import pytest
 
 from ctxqa.rag.embed import onnx_int8  # noqa: E402
 from ctxqa.rag.embed.choose import MIN_COSINE  # noqa: E402
-from ctxqa.rag.embed.cpu import VNNI_FLAGS, cpu_info  # noqa: E402
+from ctxqa.rag.embed.cpu import cpu_info  # noqa: E402
 from ctxqa.rag.embed.embedder import Embedder  # noqa: E402
 from ctxqa.rag.embed.onnx_runtime import OnnxEncoder, _calibration_feeds  # noqa: E402
 
 
-def _without_vnni(monkeypatch: pytest.MonkeyPatch) -> None:
-    info = cpu_info()
-    monkeypatch.setattr(onnx_int8, "cpu_info", lambda: replace(info, flags=info.flags - set(VNNI_FLAGS)))
+def _saturating(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(onnx_int8, "int8_kernels_saturate", lambda: True)
 
 
 def test_the_recipe_follows_the_int8_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
-    info = cpu_info()
-    monkeypatch.setattr(onnx_int8, "cpu_info", lambda: replace(info, flags=info.flags | {"avx512_vnni"}))
-    assert onnx_int8.recipe_for_this_cpu() == onnx_int8.Int8Recipe(reduce_range=False, fp32_ffn_out_layers=1)
-    _without_vnni(monkeypatch)
-    rr = onnx_int8.recipe_for_this_cpu()
-    assert rr.reduce_range and rr.tag == "int8-rr"
+    assert onnx_int8.recipe_for(False) == onnx_int8.Int8Recipe(reduce_range=False, fp32_ffn_out_layers=1)
+    assert onnx_int8.recipe_for(True) == onnx_int8.Int8Recipe(reduce_range=True, fp32_ffn_out_layers=2)
+    assert onnx_int8.recipe_for(True).tag == "int8-rr" != onnx_int8.recipe_for(False).tag
+    assert onnx_int8.recipe_for_this_cpu() == onnx_int8.recipe_for(onnx_int8.int8_kernels_saturate())
+    _saturating(monkeypatch)
+    assert onnx_int8.recipe_for_this_cpu().reduce_range
+
+
+def test_the_saturation_probe_agrees_with_the_cpu_flags() -> None:
+    """ONNX Runtime's x86 u8 x s8 kernels accumulate in int32 with VNNI or AMX-INT8 and through saturating int16
+    pairs without (AVX2, AVX-512 before Cascade Lake): the probe measures what the flags predict, on any CPU."""
+    onnx_int8.int8_kernels_saturate.cache_clear()
+    assert onnx_int8.int8_kernels_saturate() is (not cpu_info().int8_dot_products)
 
 
 def test_smoothing_changes_nothing_in_fp32(tmp_path: Path, onnx_cache: Path, onnx_fp32: Embedder) -> None:
@@ -53,7 +59,7 @@ def test_smoothing_changes_nothing_in_fp32(tmp_path: Path, onnx_cache: Path, onn
     assert cos.min() > 0.99999
 
 
-def test_without_vnni_weights_are_7_bit_and_vectors_faithful(tmp_path: Path, onnx_cache: Path, onnx_int8: Embedder,
+def test_where_int8_saturates_weights_are_7_bit_and_vectors_faithful(tmp_path: Path, onnx_cache: Path, onnx_int8: Embedder,
                                                               embedder: Embedder, real_texts: list[str],
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     import onnx
@@ -61,7 +67,7 @@ def test_without_vnni_weights_are_7_bit_and_vectors_faithful(tmp_path: Path, onn
 
     cache = tmp_path / "cache"
     shutil.copytree(onnx_cache, cache)  # the fp32 export; the int8 model for this CPU's recipe is not reused
-    _without_vnni(monkeypatch)
+    _saturating(monkeypatch)
     e = Embedder(backend="onnx-int8", cache_dir=cache)
     assert e.backend == "onnx-int8"
     path = next(cache.glob("onnx/*/model.int8-rr.onnx"))
