@@ -77,15 +77,6 @@ def _open(path: Path, password: str | None) -> Any:
         raise LoadError(path, "corrupt", f"PDFium cannot open it ({e})") from None
 
 
-def page_count(path: Path, password: str | None = None) -> int:
-    with PDFIUM_LOCK:
-        pdf = _open(path, password)
-        try:
-            return len(pdf)
-        finally:
-            pdf.close()
-
-
 def page_texts(path: Path, password: str | None = None) -> list[str]:
     """Every page's normalised text, exactly as the PDF loader reads it with PDFium."""
     with PDFIUM_LOCK:

@@ -75,16 +75,29 @@ def test_measures_once_then_reuses_the_cache(tmp_path: Path, onnx_cache: Path, o
     assert hit.from_cache and replace(hit, from_cache=False) == report
 
 
-@pytest.mark.parametrize("change", ["flags", "cores", "isa cap", "runtime version"])
+def test_int8_saturation_is_part_of_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kernels that saturate get another int8 model (7-bit weights), so another measurement."""
+    from ctxqa.rag.embed import onnx_int8
+
+    here = choose.key_parts("m", None, None)
+    assert here["int8_saturates"] == str(onnx_int8.int8_kernels_saturate())
+    monkeypatch.setattr(onnx_int8, "int8_kernels_saturate", lambda: here["int8_saturates"] != "True")
+    assert choose.cache_key(choose.key_parts("m", None, None)) != choose.cache_key(here)
+
+
+@pytest.mark.parametrize("change", ["flags", "cpuid", "cores", "isa cap", "runtime version"])
 def test_a_changed_key_measures_again(change: str, tmp_path: Path, onnx_cache: Path, onnx_int8: Embedder,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """Another CPU (flags), another core count, an ISA cap or another runtime version: the cached choice does not
-    apply, so the next start measures again and caches under another key; the first entry stays valid for its own
-    key."""
+    """Another CPU (flags; CPUID alone, as under an emulator), another core count, an ISA cap or another runtime
+    version: the cached choice does not apply, so the next start measures again and caches under another key; the
+    first entry stays valid for its own key."""
     first = _choose(Counting(onnx_cache), tmp_path)
     info = cpu_info()
     if change == "flags":
         other = replace(info, flags=info.flags - {"avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "avx512f"})
+        monkeypatch.setattr(choose, "cpu_info", lambda: other)
+    elif change == "cpuid":
+        other = replace(info, isa=frozenset({"SSE2", "AVX", "AVX2", "FMA3"}))
         monkeypatch.setattr(choose, "cpu_info", lambda: other)
     elif change == "cores":
         other = replace(info, cores=info.cores + 6)
