@@ -67,18 +67,23 @@ async function showPage(n) {
   if (current.pageCount && (n < 1 || n > current.pageCount)) return;
   current.page = n;
   const q = new URLSearchParams({ start: ref.char_start, end: ref.char_end });
+  // The image is fetched beside the boxes (it takes longer), with its own abort: when the boxes say the span is
+  // on another page, that render is dropped rather than downloaded. Closing the panel aborts both.
+  const imgCtrl = new AbortController();
+  ctrl.signal.addEventListener("abort", () => imgCtrl.abort(), { once: true });
+  const image = blobUrl(`/v1/documents/${ref.document_id}/pages/${n}.png`, { signal: imgCtrl.signal });
+  image.then((url) => { if (imgCtrl.signal.aborted) URL.revokeObjectURL(url); }, () => {});
   try {
-    const [boxes, url] = await Promise.all([
-      api(`/v1/documents/${ref.document_id}/pages/${n}/boxes?${q}`, { signal: ctrl.signal }),
-      blobUrl(`/v1/documents/${ref.document_id}/pages/${n}.png`, { signal: ctrl.signal }),
-    ]);
-    if (!current || current.page !== n) { URL.revokeObjectURL(url); return; }
+    const boxes = await api(`/v1/documents/${ref.document_id}/pages/${n}/boxes?${q}`, { signal: ctrl.signal });
+    if (!current || current.page !== n) { imgCtrl.abort(); return; }
     // A chunk's pages include pages the span itself does not touch: go to the span's first page.
     if (!boxes.boxes.length && boxes.span_pages.length && !boxes.span_pages.includes(n) && !current.moved) {
-      URL.revokeObjectURL(url);
+      imgCtrl.abort();
       current.moved = true;
       return showPage(boxes.span_pages[0]);
     }
+    const url = await image;
+    if (!current || current.page !== n) { URL.revokeObjectURL(url); return; }
     if (current.url) URL.revokeObjectURL(current.url);
     current.url = url;
     current.pageCount = boxes.page_count;
@@ -108,6 +113,7 @@ async function showPage(n) {
     if (first) first.scrollIntoView({ block: "center" });
     layer.dataset.loaded = "true";
   } catch (e) {
+    imgCtrl.abort();
     if (e.name === "AbortError") return;
     if (e.code === "not_a_pdf") { current.ref = { ...ref, pages: [] }; return showText(); }
     fail(e);

@@ -87,8 +87,10 @@ def test_int8_on_an_emulated_avx2_cpu(qemu: str, tmp_path: Path, onnx_cache: Pat
     report = json.loads(next(x for x in r.stdout.splitlines() if x.startswith("REPORT "))[len("REPORT "):])
     got = dict(np.load(tmp_path / "vectors.npz"))
 
+    if "AVX2" not in report["isa"]:
+        skip_or_fail(f"this qemu does not emulate AVX2 (qemu 7.2 or later does): {qemu} -cpu {CPU}")
     # The emulated CPU is an AVX2 one as its kernels see it, whatever /proc/cpuinfo (the host's) says...
-    assert "AVX2" in report["isa"] and "AVX512F" not in report["isa"] and "AVX512VNNI" not in report["isa"]
+    assert "AVX512F" not in report["isa"] and "AVX512VNNI" not in report["isa"]
     assert report["flags_vnni"] == cpu_info().int8_dot_products  # ...so flags could not have told
     # The probe measures saturation there, and the 7-bit recipe follows.
     assert report["saturates"] is True and report["recipe"] == "int8-rr"
