@@ -1,9 +1,9 @@
-"""What the embedding runtimes need to know about the CPU: its model, its feature flags, the cores this process may
-use, and the ISA cap a user set for oneDNN (OpenVINO's kernels).
+"""What the embedding runtimes need to know about the CPU: its model, its feature flags (/proc/cpuinfo, and CPUID as
+the kernels see it), the cores this process may use, and the ISA cap a user set for oneDNN (OpenVINO's kernels).
 
-Why a module of its own: the backend choice is cached per CPU (rag/embed/choose.py), the int8 recipe depends on
-whether int8 dot products can saturate (rag/embed/onnx_runtime.py), and OpenVINO's bf16 path on whether the CPU
-has native bf16 (rag/embed/openvino_runtime.py). All three read the same facts from here.
+Why a module of its own: the backend choice is cached per CPU (rag/embed/choose.py), OpenVINO's bf16 path depends
+on whether the CPU has native bf16 (rag/embed/openvino_runtime.py), and the int8 recipe falls back on the VNNI
+flags where its saturation probe cannot run (rag/embed/onnx_int8.py). All three read the same facts from here.
 """
 
 from __future__ import annotations
