@@ -130,7 +130,7 @@ def main() -> None:
         t = time.perf_counter()
         print(f"emulating {args.cpu} (qemu-x86_64; minutes: every instruction is emulated)", flush=True)
         p = subprocess.run([qemu, "-cpu", args.cpu, sys.executable, __file__, "--child", str(tf), str(out)],
-                           stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+                           stderr=subprocess.PIPE, text=True)
         if p.returncode != 0:
             tail = "\n".join(x for x in p.stderr.splitlines() if "TCG doesn't support" not in x)[-3000:]
             raise SystemExit(f"the emulated run failed (exit {p.returncode}):\n{tail}")

@@ -34,6 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("CTXQA_EMBEDDING_CACHE_DIR", str(Path(tempfile.gettempdir()) / "ctxqa-bench-cache"))
 
 import httpx  # noqa: E402
+from _report import cpu_model  # noqa: E402
 
 from tests.api.test_api import create_key, start_server, stop_server  # noqa: E402
 
@@ -44,16 +45,6 @@ def pct(values: list[float], p: float) -> float:
     """Nearest-rank percentile."""
     s = sorted(values)
     return s[min(len(s) - 1, max(0, int(round(p / 100 * len(s) + 0.5)) - 1))] if s else float("nan")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def timed_get(c: httpx.Client, url: str, **kw: Any) -> tuple[httpx.Response, float]:

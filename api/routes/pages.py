@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +103,7 @@ def _pdf(state: AppState, d: _Doc) -> Path:
         p = Path(d.path)
         try:
             st = p.stat()
-            if p.is_file() and _digest(str(p), st.st_mtime_ns, st.st_size) == d.sha256:
+            if stat.S_ISREG(st.st_mode) and _digest(str(p), st.st_mtime_ns, st.st_size) == d.sha256:
                 return p
         except OSError:
             pass

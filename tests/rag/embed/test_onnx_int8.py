@@ -34,7 +34,6 @@ def test_the_recipe_follows_the_int8_kernels(monkeypatch: pytest.MonkeyPatch) ->
 def test_the_saturation_probe_agrees_with_the_cpu_flags() -> None:
     """ONNX Runtime's x86 u8 x s8 kernels accumulate in int32 with VNNI or AMX-INT8 and through saturating int16
     pairs without (AVX2, AVX-512 before Cascade Lake): the probe measures what the flags predict, on any CPU."""
-    onnx_int8.int8_kernels_saturate.cache_clear()
     assert onnx_int8.int8_kernels_saturate() is (not cpu_info().int8_dot_products)
 
 
