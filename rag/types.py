@@ -74,6 +74,9 @@ class ChunkSpec:
     page_start: int | None = None
     page_end: int | None = None
     heading_path: tuple[str, ...] = ()
+    # Where each page after `page_start` begins inside the chunk: (document offset, page). Empty for a chunk on one
+    # page. Lets a span of the chunk name its own pages, not the chunk's (see `Hit.pages_between`).
+    page_breaks: tuple[tuple[int, int], ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -100,6 +103,7 @@ class Hit:
     page_start: int | None = None
     page_end: int | None = None
     heading_path: tuple[str, ...] = ()
+    page_breaks: tuple[tuple[int, int], ...] = ()  # as in ChunkSpec; () for one page or a chunk stored without them
     metadata: dict[str, Any] = field(default_factory=dict)  # document metadata merged with chunk metadata
     title_source: str | None = None  # where the title came from: metadata, first page, file name
     date_source: str | None = None  # where the date came from: metadata, first page, file name, file date
@@ -113,6 +117,22 @@ class Hit:
             return []
         end = self.page_end if self.page_end is not None else self.page_start
         return list(range(self.page_start, end + 1))
+
+    def pages_between(self, start: int, end: int) -> list[int]:
+        """The pages that the document characters [start, end) of this chunk lie on.
+
+        A chunk that crosses a page break cites both pages; a sentence's evidence inside it is often on one. Without
+        recorded breaks (a chunk ingested before they were), the chunk's own pages."""
+        if self.page_start is None or not self.page_breaks:
+            return self.pages
+        bounds = [(self.char_start, self.page_start), *self.page_breaks]
+        out: list[int] = []
+        for i, (at, page) in enumerate(bounds):
+            until = bounds[i + 1][0] if i + 1 < len(bounds) else self.char_end
+            # An empty span belongs to the page it starts on.
+            if (at < end and start < until) or (start == end and at <= start < until):
+                out.append(page)
+        return out or self.pages
 
 
 @dataclass

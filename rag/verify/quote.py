@@ -88,7 +88,8 @@ def select_quotes(question: str, hits: Sequence[Hit], embed: Embed | None, *, li
             break
         picked.append(Quote(texts[j], round(float(rel[j]), 4), Evidence(
             texts[j], h.char_start + a, h.char_start + b, chunk_id=h.chunk_id, document_id=h.document_id,
-            source=h.source, title=h.title, pages=h.pages, heading_path=h.heading_path)))
+            source=h.source, title=h.title, pages=h.pages_between(h.char_start + a, h.char_start + b),
+            heading_path=h.heading_path)))
         if len(picked) >= limit:
             break
     return picked

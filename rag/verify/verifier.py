@@ -210,4 +210,4 @@ def _evidence(u: _Unit) -> Evidence:
         return Evidence(u.text, u.start, u.end, passage=p.index, block_ref=p.block_ref)
     return Evidence(u.text, h.char_start + u.start, h.char_start + u.end, passage=p.index, block_ref=p.block_ref,
                     chunk_id=h.chunk_id, document_id=h.document_id, source=h.source, title=h.title,
-                    pages=h.pages, heading_path=h.heading_path)
+                    pages=h.pages_between(h.char_start + u.start, h.char_start + u.end), heading_path=h.heading_path)

@@ -182,6 +182,15 @@ def test_pdf_pages_and_10q(shared_data: Path, make_ctx) -> None:
             pages = [(c.page_start, c.page_end) for c in d.chunks]
             assert all(1 <= a <= b <= d.page_count for a, b in pages)
             assert pages[-1][1] >= d.page_count - 2  # chunks reach the last pages
+            crossing = [c for c in d.chunks if c.page_start != c.page_end]
+            # Every chunk across a page break records where the later pages begin, and its Hit reads them back.
+            assert crossing and all(c.page_breaks and c.page_breaks[-1][1] == c.page_end for c in crossing)
+            assert all(c.page_breaks is None for c in d.chunks if c.page_start == c.page_end)
+            c = crossing[0]
+            (h,) = repo.hits_for(s, [(c.id, 1.0)], "default")
+            at = c.page_breaks[0][0]
+            assert h.pages_between(c.char_start, at) == [c.page_start]
+            assert h.pages_between(at, c.char_end)[0] == c.page_breaks[0][1]
     hit = ctx.retriever.search("Intel revenue for the quarter", k=3).hits[0]
     assert hit.page_start is not None and hit.source.endswith(".pdf")
 
