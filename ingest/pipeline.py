@@ -18,12 +18,10 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import queue
 import threading
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,10 +30,12 @@ from typing import Any
 
 import numpy as np
 
+from ctxqa.ingest.added_meta import json_safe, read_sidecar
 from ctxqa.ingest.chunk import chunk as chunk_document
-from ctxqa.ingest.discover import SIDECAR_SUFFIX, Found, Problem, discover
+from ctxqa.ingest.discover import Found, Problem, discover
 from ctxqa.ingest.doc_context import CONTEXT_VERSION, DocContext, document_context
 from ctxqa.ingest.loaders import SUPPORTED_SUFFIXES, LoadError, load
+from ctxqa.ingest.report import FileResult, IngestReport, ProgressFn, Status, Tally
 from ctxqa.rag.config import Settings
 from ctxqa.rag.db import repo
 from ctxqa.rag.db.models import Chunk, Collection, Document
@@ -43,81 +43,21 @@ from ctxqa.rag.db.session import Database
 from ctxqa.rag.embed.embedder import Embedder
 from ctxqa.rag.index.chunk_text import embedding_text
 from ctxqa.rag.index.store import IndexStore
-from ctxqa.rag.originals import OriginalStore, prune_unreferenced
+from ctxqa.rag.originals import OriginalStore, file_sha256, prune_unreferenced
 from ctxqa.rag.types import ChunkSpec, LoadedDocument
+
+__all__ = ["Ingestor"]
 
 PDF_TYPE = "application/pdf"
 # Documents with more sections than this keep none in their metadata (the viewer then shows the headings above
 # the chunk that holds a span): the metadata is read with every document listed.
 MAX_SECTIONS_KEPT = 2000
 
-Status = str  # added | updated | unchanged | skipped | failed | removed
-
 # A group is cut early only with a batch worth the call, and when the worker is slow on the next file: embedding
 # small groups whenever it lags a little costs more in batching than the overlap gains (SciFact: +17 % embed time).
 _AHEAD_MIN_CHUNKS = 64
 _AHEAD_WAIT_S = 0.01
 _AHEAD_MAX_FILES = 1024
-
-
-@dataclass
-class FileResult:
-    source: str
-    path: str
-    status: Status
-    reason: str | None = None
-    document_id: int | None = None
-    pages: int = 0
-    chunks: int = 0
-    empty_pages: int = 0
-
-
-@dataclass
-class IngestReport:
-    collection: str
-    results: list[FileResult] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=lambda: {
-        "discover": 0.0, "extract": 0.0, "chunk": 0.0, "embed": 0.0, "store": 0.0, "index": 0.0, "total": 0.0})
-    chunks_embedded: int = 0
-    chunks_reused: int = 0
-
-    def count(self, status: Status) -> int:
-        return sum(1 for r in self.results if r.status == status)
-
-    @property
-    def failed(self) -> list[FileResult]:
-        return [r for r in self.results if r.status == "failed"]
-
-    @property
-    def changed(self) -> int:
-        return sum(1 for r in self.results if r.status in ("added", "updated", "removed"))
-
-    @property
-    def pages(self) -> int:
-        return sum(r.pages for r in self.results if r.status in ("added", "updated"))
-
-    @property
-    def chunks(self) -> int:
-        return sum(r.chunks for r in self.results if r.status in ("added", "updated"))
-
-    def summary(self) -> dict[str, int]:
-        return {s: self.count(s) for s in ("added", "updated", "unchanged", "removed", "skipped", "failed")}
-
-
-@dataclass
-class Progress:
-    """Sent to the progress callback after every file."""
-
-    files_done: int
-    files_total: int
-    pages: int
-    chunks: int
-    elapsed: float
-    current: str
-    status: Status
-
-
-ProgressFn = Callable[[Progress], None]
 
 
 @dataclass
@@ -158,45 +98,6 @@ class _Written:
     t_index: float
 
 
-def parse_meta_args(items: Sequence[str]) -> dict[str, str]:
-    """`--meta key=value` pairs; raises ValueError naming the bad item."""
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--meta expects key=value, got {item!r}")
-        out[key.strip()] = value.strip()
-    return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _sidecar(path: Path) -> dict[str, Any]:
-    side = path.with_name(path.name + SIDECAR_SUFFIX)
-    if not side.is_file():
-        side = path.with_name(path.stem + SIDECAR_SUFFIX)
-    if not side.is_file():
-        return {}
-    try:
-        data = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise LoadError(path, "corrupt", f"invalid JSON in sidecar {side.name} ({e})", "fix or remove the sidecar") from e
-    if not isinstance(data, dict):
-        raise LoadError(path, "corrupt", f"sidecar {side.name} does not hold a JSON object",
-                        'write it as {"key": "value", ...}')
-    return data
-
-
-def _json_safe(meta: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(meta, default=str))
-
-
 def _header(prep: _Prepared) -> str:
     """What both indexes see of the document with each chunk: its title and identifying lines."""
     assert prep.context is not None
@@ -218,31 +119,13 @@ def _unique_sources(found: list[Found], report: IngestReport) -> list[Found]:
     return todo
 
 
-class _Tally:
-    """Files done so far, for the report and the progress callback."""
-
-    def __init__(self, report: IngestReport, total: int, t0: float, progress: ProgressFn | None) -> None:
-        self.report, self.total, self.t0, self.progress = report, total, t0, progress
-        self.done = self.pages = self.chunks = 0
-
-    def record(self, res: FileResult, *, reported: bool = False) -> None:
-        if not reported:
-            self.report.results.append(res)
-        self.done += 1
-        self.pages += res.pages
-        self.chunks += res.chunks
-        if self.progress:
-            self.progress(Progress(self.done, self.total, self.pages, self.chunks, time.perf_counter() - self.t0,
-                                   res.source, res.status))
-
-
 class _GroupWriter:
     """Gathers prepared documents into groups of ~`target` chunks, embeds each group in the calling thread and
     hands it to one writer thread, which commits it and adds it to the indexes while the next group is embedded.
     Groups commit in order, one in flight. On an error the group in flight lands (or fails) before the error
     reaches the caller, so every group committed before it stays searchable."""
 
-    def __init__(self, ingestor: Ingestor, coll: Collection, report: IngestReport, tally: _Tally) -> None:
+    def __init__(self, ingestor: Ingestor, coll: Collection, report: IngestReport, tally: Tally) -> None:
         self.ingestor, self.coll, self.report, self.tally = ingestor, coll, report, tally
         # Groups of ~1,000 chunks: big enough that length-bucketed batches come out full (small groups cost ~20 %
         # more embedding time), small enough that progress and commits stay frequent.
@@ -336,7 +219,7 @@ class Ingestor:
             existing = repo.documents_by_source(s, coll.id)
         todo = _unique_sources(found, report)
 
-        tally = _Tally(report, len(todo), t0, progress)
+        tally = Tally(report, len(todo), t0, progress)
         with _GroupWriter(self, coll, report, tally) as groups:
             with contextlib.closing(self._prepare_all(todo, existing, meta or {}, password,
                                                       2 * groups.target)) as prepared:
@@ -470,18 +353,18 @@ class Ingestor:
         t = time.perf_counter()
         try:
             st = f.path.stat()
-            sha = _sha256(f.path)
+            sha = file_sha256(f.path)
         except OSError as e:
             err = LoadError(f.path, "unreadable", f"cannot read it ({e.strerror})")
             return _Prepared(f, "", 0, datetime.now(UTC), {}, error=err)
         prep = _Prepared(f, sha, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC), {})
         try:
-            side = _sidecar(f.path)
+            side = read_sidecar(f.path)
         except LoadError as e:
             prep.error = e
             return prep
         file_password = side.pop("password", None) or password
-        prep.extra_meta = _json_safe({**side, **meta})
+        prep.extra_meta = json_safe({**side, **meta})
         if old is not None and old.status == "ingested" and old.sha256 == sha and \
                 (old.meta or {}).get("_added", {}) == prep.extra_meta and old.context_version == CONTEXT_VERSION:
             if old.media_type == PDF_TYPE:
@@ -534,7 +417,7 @@ class Ingestor:
             meta["_page_spans"] = [[p.start, p.end] for p in prep.doc.pages]
         if 0 < len(prep.doc.sections) <= MAX_SECTIONS_KEPT:  # the evidence viewer's headings above a span
             meta["_sections"] = [[s.start, s.end, list(s.headings)] for s in prep.doc.sections]
-        return _json_safe(meta)
+        return json_safe(meta)
 
     def _embed_group(self, group: list[tuple[_Prepared, Document | None]], report: IngestReport) -> _Plan:
         """Main thread: find the vectors a group can reuse, embed the rest."""

@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ctxqa.cli.common import CollectionOpt, JsonOpt, context, err, fail, print_json
-from ctxqa.ingest.pipeline import parse_meta_args
+from ctxqa.ingest.added_meta import parse_meta_args
 from ctxqa.rag.db import repo
 
 
