@@ -18,9 +18,7 @@ import itertools
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,6 +31,13 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from ctxqa.rag.embed.onnx_runtime import default_cache_dir  # noqa: E402
+
+# The server it starts uses the product's own cache of exported models and the `auto` choice.
+os.environ.setdefault("CTXQA_EMBEDDING_CACHE_DIR", str(default_cache_dir()))
+
+from tests.api.test_api import Server, create_key, start_server, stop_server  # noqa: E402
+
 DEFAULT_CORPUS = REPO.parent / "shared/data/corpora/fastapi-docs/tutorial"
 
 QUESTIONS = [
@@ -83,12 +88,6 @@ class Phase:
         }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def proc_status(pid: int) -> dict[str, int]:
     out: dict[str, int] = {}
     try:
@@ -116,43 +115,6 @@ class RssSampler(threading.Thread):
         self._halt.set()
         self.join(2)
         return self.peak
-
-
-def start_server(root: Path, env_extra: dict[str, str]) -> tuple[subprocess.Popen[bytes], str, Path]:
-    data = root / "data"
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CTXQA_")}
-    env.update({"CTXQA_DATA_DIR": str(data), "CTXQA_CONFIG": str(root / "none.toml"), "HF_HUB_OFFLINE": "1",
-                "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)})
-    env.update(env_extra)
-    log = root / "server.log"
-    proc = subprocess.Popen([sys.executable, "-m", "ctxqa", "serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--log-level", "warning"], cwd=root, env=env, stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"server exited:\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return proc, url, data
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    sys.exit("server did not become ready")
-
-
-def make_key(data_dir: Path) -> str:
-    from ctxqa.api.keys import create_key
-    from ctxqa.rag.db.session import Database
-
-    db = Database(f"sqlite:///{data_dir / 'ctxqa.db'}")
-    with db.session() as s:
-        secret = create_key(s, "bench", admin=True).secret
-    db.dispose()
-    return secret
 
 
 def upload_corpus(client: httpx.Client, corpus: Path, collection: str, limit: int) -> dict[str, Any]:
@@ -244,7 +206,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="Write the results here (default: bench/results/api_load-*.json).")
     args = ap.parse_args()
 
-    proc = None
+    srv: Server | None = None
     tmp = None
     info: dict[str, Any] = {}
     if args.url:
@@ -259,8 +221,8 @@ def main() -> None:
             if not sep or not k.startswith("CTXQA_"):
                 sys.exit(f"--server-env expects CTXQA_NAME=VALUE, got {item!r}")
             extra[k] = v
-        proc, url, data = start_server(Path(tmp.name), extra)
-        key, pid = make_key(data), proc.pid
+        srv = start_server(Path(tmp.name), extra)
+        url, key, pid = srv.url, create_key(srv, "bench", admin=True), srv.proc.pid
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as c:
             info["corpus"] = upload_corpus(c, args.corpus, args.collection, args.max_files)
         print(f"corpus: {info['corpus']}", file=sys.stderr)
@@ -283,9 +245,8 @@ def main() -> None:
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as c:
             metrics_text = c.get("/metrics").text
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(30)
+        if srv is not None:
+            stop_server(srv)
         if tmp is not None:
             tmp.cleanup()
     result = {

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,39 +24,18 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE))
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("CTXQA_EMBEDDING_CACHE_DIR", str(Path(tempfile.gettempdir()) / "ctxqa-bench-cache"))
+
 import httpx  # noqa: E402
 from _report import cpu_model, pct  # noqa: E402
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.api.test_api import Server, start_server, stop_server  # noqa: E402
 
 
-def serve(root: Path, url: str) -> tuple[subprocess.Popen[bytes], str]:
-    root.mkdir(parents=True)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CTXQA_")}
-    env.update({"CTXQA_DATA_DIR": str(root / "data"), "CTXQA_DATABASE_URL": url, "CTXQA_CONFIG": str(root / "x.toml"),
-                "CTXQA_MAX_FILES_PER_UPLOAD": "200", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(HERE)})
-    proc = subprocess.Popen([sys.executable, "-m", "ctxqa", "serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--log-level", "warning"], env=env, stdout=(root / "log").open("wb"),
-                            stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit((root / "log").read_text()[-3000:])
-        time.sleep(0.3)
-    raise SystemExit("replica not ready")
+def serve(root: Path, url: str) -> Server:
+    """One replica: its own data dir under `root`, the shared database `url`."""
+    return start_server(root, {"CTXQA_DATABASE_URL": url, "CTXQA_MAX_FILES_PER_UPLOAD": "200"})
 
 
 def main() -> None:
@@ -79,14 +57,14 @@ def main() -> None:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = f"{args.pg}/{name}"
     root = Path(tempfile.mkdtemp(prefix="ctxqa-bench-replicas-"))
-    procs = []
+    servers: list[Server] = []
     try:
         db = Database(url)  # migrates once, as `ctxqa db upgrade` does before compose starts the replicas
         with db.session() as s:
             key = create_key(s, "bench", admin=True).secret
         db.dispose()
-        (pa, a), (pb, b) = serve(root / "a", url), serve(root / "b", url)
-        procs = [pa, pb]
+        servers = [serve(root / "a", url), serve(root / "b", url)]
+        a, b = servers[0].url, servers[1].url
         h = {"Authorization": f"Bearer {key}"}
         ca, cb = httpx.Client(base_url=a, headers=h, timeout=600), httpx.Client(base_url=b, headers=h, timeout=600)
         by_name: dict[str, Path] = {}
@@ -130,9 +108,8 @@ def main() -> None:
               f"p95 {pct(fs, 0.95):.0f} ms")
         print(f"searches B needed: {statistics.mean(tries):.2f} on average (1 = at its next request), max {max(tries)}")
     finally:
-        for p in procs:
-            p.terminate()
-            p.wait(30)
+        for srv in servers:
+            stop_server(srv)
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

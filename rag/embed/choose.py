@@ -186,6 +186,43 @@ def _top(q: np.ndarray, d: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-s, axis=1, kind="stable")[:, :k]
 
 
+def pick(reports: Sequence[VariantReport], *, min_cosine: float = MIN_COSINE,
+         min_rank_agreement: float = MIN_RANK_AGREEMENT, top_k: int = TOP_K) -> tuple[VariantReport | None, str]:
+    """The variant to run, of the measured ones, and why (None, "" when none passed). Pure: measure() times and
+    checks the variants, this decides."""
+    passing = sorted((v for v in reports if v.available and v.passed), key=lambda v: -(v.word_pieces_per_s or 0.0))
+    if not passing:
+        return None, ""
+    # Within NEAR of the fastest, the variant closest to fp32: the timings of close variants swap places from run
+    # to run on a busy machine, their fidelity does not.
+    top = passing[0].word_pieces_per_s or 0.0
+    near = [v for v in passing if (v.word_pieces_per_s or 0.0) >= (1 - NEAR) * top]
+    best = max(near, key=lambda v: (v.cos_min or 0.0, v.word_pieces_per_s or 0.0))
+    return best, _reason(best, reports, min_cosine, min_rank_agreement, top_k)
+
+
+def _reason(best: VariantReport, reports: Sequence[VariantReport], min_cosine: float, min_rank_agreement: float,
+            top_k: int) -> str:
+    """What `ctxqa config` shows: the choice, its speed and fidelity, every faster variant and why it lost, and the
+    next slower variant that passed."""
+    speed = best.word_pieces_per_s or 0.0
+    reason = (f"{best.backend}: the fastest here of the variants that agree with fp32 on the built-in check "
+              f"(min cosine >= {min_cosine}, top-{top_k} agreement >= {min_rank_agreement}; within "
+              f"{NEAR:.0%}, the closest to fp32), {speed / 1000:.1f}k word pieces/s, "
+              f"min cosine {best.cos_min or 1.0:.4f}")
+    ranked = sorted((v for v in reports if v.available), key=lambda v: -(v.word_pieces_per_s or 0.0))
+    faster = [v for v in ranked if (v.word_pieces_per_s or 0) > speed]
+    if faster:
+        reason += "; faster: " + ", ".join(
+            f"{v.backend} {(v.word_pieces_per_s or 0) / 1000:.1f}k ("
+            + (f"rejected: {v.note}" if not v.passed else f"a tie, min cosine {v.cos_min or 0:.4f}") + ")"
+            for v in faster)
+    slower = [v for v in ranked if v.passed and v.backend != best.backend and v not in faster]
+    if slower:
+        reason += f"; next: {slower[0].backend} {(slower[0].word_pieces_per_s or 0) / 1000:.1f}k"
+    return reason
+
+
 def measure(factory: Callable[[str], Encoder], candidates: Sequence[str], *, key: str = "",
             key_parts: dict[str, str] | None = None, rounds: int = ROUNDS, min_cosine: float = MIN_COSINE,
             min_rank_agreement: float = MIN_RANK_AGREEMENT, top_k: int = TOP_K,
@@ -272,30 +309,11 @@ def measure(factory: Callable[[str], Encoder], candidates: Sequence[str], *, key
                                      word_pieces_per_s=tokens / min(times[b]), cos_mean=float(cos.mean()),
                                      cos_min=float(cos.min()), query_cos_min=float(qcos.min()),
                                      rank_agreement=rank))
-    ranked = sorted((v for v in reports if v.available), key=lambda v: -(v.word_pieces_per_s or 0.0))
-    passing = [v for v in ranked if v.passed]
-    if passing:
-        # Within NEAR of the fastest, the variant closest to fp32: the timings of close variants swap places from
-        # run to run on a busy machine, their fidelity does not.
-        top = passing[0].word_pieces_per_s or 0.0
-        near = [v for v in passing if (v.word_pieces_per_s or 0.0) >= (1 - NEAR) * top]
-        best = max(near, key=lambda v: (v.cos_min or 0.0, v.word_pieces_per_s or 0.0))
-    else:  # the reference is not among the candidates and every candidate failed: the reference itself
+    best, reason = pick(reports, min_cosine=min_cosine, min_rank_agreement=min_rank_agreement, top_k=top_k)
+    if best is None:  # the reference is not among the candidates and every candidate failed: the reference itself
         best = VariantReport(reference, True, True, word_pieces_per_s=tokens / min(times[reference]))
         reports.append(best)
-    reason = (f"{best.backend}: the fastest here of the variants that agree with fp32 on the built-in check "
-              f"(min cosine >= {min_cosine}, top-{top_k} agreement >= {min_rank_agreement}; within "
-              f"{NEAR:.0%}, the closest to fp32), {(best.word_pieces_per_s or 0) / 1000:.1f}k word pieces/s, "
-              f"min cosine {best.cos_min or 1.0:.4f}")
-    faster = [v for v in ranked if (v.word_pieces_per_s or 0) > (best.word_pieces_per_s or 0)]
-    if faster:
-        reason += "; faster: " + ", ".join(
-            f"{v.backend} {(v.word_pieces_per_s or 0) / 1000:.1f}k ("
-            + (f"rejected: {v.note}" if not v.passed else f"a tie, min cosine {v.cos_min or 0:.4f}") + ")"
-            for v in faster)
-    runner_up = [v for v in passing if v.backend != best.backend]
-    if runner_up:
-        reason += f"; next: {runner_up[0].backend} {(runner_up[0].word_pieces_per_s or 0) / 1000:.1f}k"
+        reason = _reason(best, reports, min_cosine, min_rank_agreement, top_k)
     report = ChoiceReport(choice=best.backend, reason=reason, key=key, key_parts=dict(key_parts or {}),
                           decided_s=time.perf_counter() - t0, load_s=load_s,
                           measured_at=datetime.now(UTC).isoformat(timespec="seconds"),

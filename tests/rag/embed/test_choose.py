@@ -217,3 +217,22 @@ def test_auto_runs_the_measured_choice_and_keeps_its_promise(tmp_path: Path, onn
     via_settings = backend_choice(Settings(embedding_cache_dir=cache))
     assert via_settings.from_cache and via_settings.choice == e.backend
     assert Settings().embedding_backend == "auto"
+
+
+def test_the_pick_prefers_fidelity_within_a_tie_and_names_each_variant_once() -> None:
+    """The decision on measured reports (pure): a faster variant within NEAR that is less faithful loses the tie and
+    is named once, as the tie; the next slower passing variant is named as `next`; a rejected one with its note."""
+    V = choose.VariantReport
+    reports = [V("openvino", True, True, word_pieces_per_s=14_453, cos_min=0.9999),
+               V("openvino-int8", True, True, word_pieces_per_s=15_617, cos_min=0.9961),
+               V("onnx-int8", True, False, "passage min cosine 0.9734 < 0.99", word_pieces_per_s=20_000, cos_min=0.9734),
+               V("onnx", True, True, word_pieces_per_s=3_205, cos_min=1.0),
+               V("torch", False, False, "not installed")]
+    best, reason = choose.pick(reports)
+    assert best is not None and best.backend == "openvino"
+    assert "faster: onnx-int8 20.0k (rejected: passage min cosine 0.9734 < 0.99), openvino-int8 15.6k (a tie" in reason
+    assert reason.count("openvino-int8") == 1 and reason.endswith("; next: onnx 3.2k")
+    # Beyond NEAR, speed wins: the int8 variant is chosen and fp32 OpenVINO is the next one.
+    best, reason = choose.pick([replace(reports[1], word_pieces_per_s=20_000), *reports[:1], *reports[2:]])
+    assert best is not None and best.backend == "openvino-int8" and "; next: openvino 14.5k" in reason
+    assert choose.pick([reports[2], reports[4]]) == (None, "")
