@@ -353,17 +353,6 @@ class _PageIndex:
             return self.pages[k + 1].page if k + 1 < len(self.pages) else self.pages[-1].page
         return self.pages[k].page if k >= 0 else self.pages[0].page
 
-    def breaks_in(self, a: int, b: int, first: int | None) -> tuple[tuple[int, int], ...]:
-        """(offset, page) for each page that starts inside (a, b) and differs from the page before it."""
-        out: list[tuple[int, int]] = []
-        last = first
-        for k in range(bisect_right(self.starts, a), bisect_left(self.starts, b)):
-            p = self.pages[k]
-            if p.page != last:
-                out.append((p.start, p.page))
-                last = p.page
-        return tuple(out)
-
 
 class _SectionIndex:
     def __init__(self, sections: list[Section]) -> None:
@@ -441,17 +430,15 @@ def chunk(doc: LoadedDocument, tokenizer: Any, size: int, overlap: int,
     sections = _SectionIndex(doc.sections)
     out: list[ChunkSpec] = []
     for a, b, n in final:
-        first = pages.page_at(a, forward=True)
         out.append(ChunkSpec(
             ordinal=len(out),
             text=text[a:b],
             char_start=a,
             char_end=b,
             token_count=n,
-            page_start=first,
+            page_start=pages.page_at(a, forward=True),
             page_end=pages.page_at(b - 1, forward=False),
             heading_path=tuple(sections.path_at(a)),
-            page_breaks=pages.breaks_in(a, b, first),
         ))
     return out
 

@@ -521,7 +521,6 @@ class Ingestor:
                 for sp in prep.specs:
                     fields: dict[str, Any] = dict(char_start=sp.char_start, char_end=sp.char_end, page_start=sp.page_start,
                                   page_end=sp.page_end, heading_path=list(sp.heading_path),
-                                  page_breaks=[list(b) for b in sp.page_breaks] or None,
                                   token_count=sp.token_count, meta={})
                     if sp.ordinal in keep:  # same ordinal and text: keep the row, its id and its vector
                         reused += 1

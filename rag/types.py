@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from ctxqa.rag.spans import pages_of
+
 # Retrieval modes and hybrid fusion methods: declared once, used by Settings, search options, the CLI and the API.
 RetrievalMode = Literal["dense", "lexical", "hybrid"]
 Fusion = Literal["rrf", "weighted"]
@@ -74,9 +76,6 @@ class ChunkSpec:
     page_start: int | None = None
     page_end: int | None = None
     heading_path: tuple[str, ...] = ()
-    # Where each page after `page_start` begins inside the chunk: (document offset, page). Empty for a chunk on one
-    # page. Lets a span of the chunk name its own pages, not the chunk's (see `Hit.pages_between`).
-    page_breaks: tuple[tuple[int, int], ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -103,7 +102,6 @@ class Hit:
     page_start: int | None = None
     page_end: int | None = None
     heading_path: tuple[str, ...] = ()
-    page_breaks: tuple[tuple[int, int], ...] = ()  # as in ChunkSpec; () for one page or a chunk stored without them
     metadata: dict[str, Any] = field(default_factory=dict)  # document metadata merged with chunk metadata
     title_source: str | None = None  # where the title came from: metadata, first page, file name
     date_source: str | None = None  # where the date came from: metadata, first page, file name, file date
@@ -119,20 +117,13 @@ class Hit:
         return list(range(self.page_start, end + 1))
 
     def pages_between(self, start: int, end: int) -> list[int]:
-        """The pages that the document characters [start, end) of this chunk lie on.
-
-        A chunk that crosses a page break cites both pages; a sentence's evidence inside it is often on one. Without
-        recorded breaks (a chunk ingested before they were), the chunk's own pages."""
-        if self.page_start is None or not self.page_breaks:
+        """The pages that the document characters [start, end) lie on, from the page spans stored with the
+        document (`_page_spans`, the ones the page viewer uses). A chunk that crosses a page break cites both
+        pages; a sentence's evidence inside it is often on one. Without stored spans, the chunk's own pages."""
+        spans = self.metadata.get("_page_spans")
+        if self.page_start is None or not isinstance(spans, list):
             return self.pages
-        bounds = [(self.char_start, self.page_start), *self.page_breaks]
-        out: list[int] = []
-        for i, (at, page) in enumerate(bounds):
-            until = bounds[i + 1][0] if i + 1 < len(bounds) else self.char_end
-            # An empty span belongs to the page it starts on.
-            if (at < end and start < until) or (start == end and at <= start < until):
-                out.append(page)
-        return out or self.pages
+        return pages_of([(int(a), int(b)) for a, b in spans], start, end) or self.pages
 
 
 @dataclass

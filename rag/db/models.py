@@ -101,9 +101,6 @@ class Chunk(Base):
     char_end: Mapped[int] = mapped_column(Integer)
     page_start: Mapped[int | None] = mapped_column(Integer)
     page_end: Mapped[int | None] = mapped_column(Integer)
-    # [[offset, page], ...] where a later page begins inside the chunk (ChunkSpec.page_breaks); NULL: one page, or
-    # stored before migration 0004 (a span then names the chunk's pages).
-    page_breaks: Mapped[list[list[int]] | None] = mapped_column(JSON)
     heading_path: Mapped[list[str]] = mapped_column(JSON, default=list)
     token_count: Mapped[int] = mapped_column(Integer)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)

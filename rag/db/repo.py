@@ -235,8 +235,7 @@ def hits_for(s: Session, scored: Sequence[tuple[int, float]], collection_name: s
             chunk_id=c.id, score=float(score), document_id=d.id, collection=collection_name, ordinal=c.ordinal,
             text=c.text, char_start=c.char_start, char_end=c.char_end, source=d.source, title=d.title,
             date=_iso(meta.get("date")) or d.date or _iso(d.mtime), url=meta.get("url"), page_start=c.page_start,
-            page_end=c.page_end, heading_path=tuple(c.heading_path or ()),
-            page_breaks=tuple((int(o), int(p)) for o, p in c.page_breaks or ()), metadata=meta,
+            page_end=c.page_end, heading_path=tuple(c.heading_path or ()), metadata=meta,
             title_source=d.title_source, date_source=d.date_source if not (c.meta or {}).get("date") else "metadata",
             period=d.period, scores=dict((extra_scores or {}).get(cid, {})),
         ))

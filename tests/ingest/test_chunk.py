@@ -290,31 +290,6 @@ def test_pages_with_empty_page(tok) -> None:  # type: ignore[no-untyped-def]
     assert any(c.page_start == 1 and c.page_end == 3 for c in chunks)
 
 
-def test_page_breaks_name_where_each_later_page_begins(chunked) -> None:  # type: ignore[no-untyped-def]
-    out, _, _ = chunked
-    crossing = 0
-    for f, doc, chunks in out:
-        if f.suffix != ".pdf":
-            continue
-        starts = {p.start: p.page for p in doc.pages if p.end > p.start}
-        for c in chunks:
-            assert all(c.char_start < o < c.char_end and starts[o] == p for o, p in c.page_breaks)
-            pages = [c.page_start] + [p for _, p in c.page_breaks]
-            assert pages == sorted(set(pages)) and pages[-1] == c.page_end
-            crossing += bool(c.page_breaks)
-    assert crossing
-
-
-def test_page_breaks_skip_an_empty_page(tok) -> None:  # type: ignore[no-untyped-def]
-    p1 = " ".join(f"Page one line {i}." for i in range(80))
-    p3 = " ".join(f"Page three line {i}." for i in range(80))
-    text = p1 + "\n\n" + "\n\n" + p3
-    pages = [PageSpan(1, 0, len(p1)), PageSpan(2, len(p1) + 2, len(p1) + 2), PageSpan(3, len(p1) + 4, len(text))]
-    doc = LoadedDocument(text=text, media_type="application/pdf", pages=pages, page_count=3, empty_pages=[2])
-    (c,) = [c for c in chunk(doc, tok, 100, 20) if c.page_start == 1 and c.page_end == 3]
-    assert c.page_breaks == ((len(p1) + 4, 3),)
-
-
 def test_empty_and_bad_arguments(tok) -> None:  # type: ignore[no-untyped-def]
     assert chunk(LoadedDocument(text="", media_type="text/plain"), tok, 100, 10) == []
     assert chunk(LoadedDocument(text=" \n\n\t ", media_type="text/plain"), tok, 100, 10) == []

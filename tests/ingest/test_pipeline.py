@@ -183,14 +183,15 @@ def test_pdf_pages_and_10q(shared_data: Path, make_ctx) -> None:
             assert all(1 <= a <= b <= d.page_count for a, b in pages)
             assert pages[-1][1] >= d.page_count - 2  # chunks reach the last pages
             crossing = [c for c in d.chunks if c.page_start != c.page_end]
-            # Every chunk across a page break records where the later pages begin, and its Hit reads them back.
-            assert crossing and all(c.page_breaks and c.page_breaks[-1][1] == c.page_end for c in crossing)
-            assert all(c.page_breaks is None for c in d.chunks if c.page_start == c.page_end)
+            # A Hit of a chunk across a page break names each part's own page, from the document's stored spans.
+            assert crossing
             c = crossing[0]
             (h,) = repo.hits_for(s, [(c.id, 1.0)], "default")
-            at = c.page_breaks[0][0]
-            assert h.pages_between(c.char_start, at) == [c.page_start]
-            assert h.pages_between(at, c.char_end)[0] == c.page_breaks[0][1]
+            at = d.meta["_page_spans"][c.page_end - 1][0]  # where the chunk's last page begins
+            assert c.char_start < at < c.char_end
+            assert h.pages_between(at, c.char_end) == [c.page_end]
+            assert c.page_end not in h.pages_between(c.char_start, at - 1)
+            assert h.pages_between(c.char_start, c.char_end) == h.pages
     hit = ctx.retriever.search("Intel revenue for the quarter", k=3).hits[0]
     assert hit.page_start is not None and hit.source.endswith(".pdf")
 

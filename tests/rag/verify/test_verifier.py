@@ -58,17 +58,19 @@ def test_evidence_spans_are_document_offsets_for_chunks() -> None:
 
 
 def test_evidence_names_the_pages_of_its_span_not_of_the_chunk() -> None:
-    """A chunk across a page break: each sentence's evidence names the page it is printed on."""
-    red = WIDGETS.index("The red")
+    """A chunk across a page break: each sentence's evidence names the page it is printed on (from the page spans
+    stored with the document)."""
+    red = 1000 + WIDGETS.index("The red")
+    spans = [[0, 100], [100, 200], [200, 300], [300, red], [red, 3000]]
     hit = Hit(chunk_id=8, score=1.0, document_id=3, collection="c", ordinal=2, text=WIDGETS, char_start=1000,
               char_end=1000 + len(WIDGETS), source="widgets.pdf", page_start=4, page_end=5,
-              page_breaks=((1000 + red, 5),))
+              metadata={"_page_spans": spans})
     v = Verifier().verify("The red widget is made in Porto. The blue widget costs 42 euros.",
                           [Passage.of_hit(hit, 0, "B1")])
     pages = [s.evidence.pages for s in v.sentences if s.evidence is not None]
     assert pages == [[5], [4]]
-    # Stored without breaks (before migration 0004): the chunk's own pages, as before.
-    old = Hit(**{**hit.__dict__, "page_breaks": ()})
+    # A document stored without page spans: the chunk's own pages, as before.
+    old = Hit(**{**hit.__dict__, "metadata": {}})
     e = Verifier().verify("The red widget is made in Porto.", [Passage.of_hit(old, 0, "B1")]).sentences[0].evidence
     assert e is not None and e.pages == [4, 5]
 
